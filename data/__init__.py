@@ -1,0 +1,1 @@
+"""Dataset preparers: one sub-package per dataset (`python -m data.<name>.prepare`)."""
