@@ -37,6 +37,7 @@ class TrainConfig:
     adapter_dim: int = 0
     prefix_len: int = 0
     infix_len: int = 0
+    prefix_mid_dim: int = 512  # prefix-layer reparameterisation MLP width (Li & Liang's mid_dim)
     # optimisation (AdamW as in the authors' optimizer.py)
     lr: float = 2e-4
     weight_decay: float = 0.01

@@ -7,6 +7,8 @@ Each method module exposes:
 - ``load_state(model, state) -> None``: put a saved state back onto a model that ``apply`` prepared;
 - ``for_inference(model) -> model``: what decoding runs (LoRA merges into W; adapters and prefixes stay);
 - ``paper_param_count(cfg, model_config) -> int | None``: the paper's formula for the trainable count.
+- optional ``export_state(model) -> dict[str, Tensor]``: what the final adapter file holds when it differs from
+  ``trainable_state`` (prefix-layer trains through an MLP but saves the plain prefixes); ``load_state`` accepts it.
 
 Every method keeps ``model`` a ``GPT2LMHeadModel`` whose ``model.transformer(input_ids=, attention_mask=,
 position_ids=, past_key_values=, use_cache=)`` and ``model(...)`` work with explicit ``position_ids``

@@ -1,0 +1,1 @@
+"""dart preparer: python -m data.dart.prepare."""

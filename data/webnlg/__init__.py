@@ -1,0 +1,1 @@
+"""webnlg preparer: python -m data.webnlg.prepare."""

@@ -1,0 +1,286 @@
+"""The paper's protocol for one dataset, end to end, resumable: prepare -> train -> generate -> decode -> score -> report.
+
+Each stage is the project's own CLI run as a subprocess (training and generation through ``torchrun`` when
+``--nproc`` > 1 or several nodes are given), writing only inside one run folder. A stage whose outputs exist is
+skipped and says so; training that was interrupted resumes from its last checkpoint. The per-dataset shell
+scripts in ``scripts/`` are thin shells over this module.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nlg.config import DATASETS, METHODS
+from nlg.io_utils import write_json
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_SUBDIR = {"e2e": "e2e", "webnlg": "webnlg_challenge_2017", "dart": "dart"}
+SPLITS = ("train", "valid", "test")
+
+
+class PipelineError(RuntimeError):
+    """A stage failed; the message names the stage and its log."""
+
+
+@dataclass
+class PipelineOptions:
+    dataset: str
+    model: str = "gpt2-medium"
+    method: str = "lora"
+    run_dir: Path | None = None
+    raw_dir: Path | None = None
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    train_limit: int | None = None
+    valid_limit: int | None = None
+    test_limit: int | None = None
+    train_from: str = "train"  # "valid" trains on the dev split where the train split is unavailable
+    split: str = "test"
+    offline_synthetic: bool = True
+    trainer_args: list[str] = field(default_factory=list)
+    generate_args: list[str] = field(default_factory=list)
+
+
+def log(message: str) -> None:
+    print(f"[pipeline] {message}", file=sys.stderr, flush=True)
+
+
+def default_run_dir(opts: PipelineOptions) -> Path:
+    model = Path(opts.model).name if os.sep in opts.model else opts.model
+    return REPO / "runs" / f"{opts.dataset}-{model}-{opts.method}"
+
+
+def _python_module(module: str, args: list[str], opts: PipelineOptions, distributed: bool) -> list[str]:
+    if distributed and (opts.nproc > 1 or opts.nnodes > 1):
+        return [
+            sys.executable, "-m", "torch.distributed.run",
+            f"--nproc_per_node={opts.nproc}", f"--nnodes={opts.nnodes}", f"--node_rank={opts.node_rank}",
+            f"--master_addr={opts.master_addr}", f"--master_port={opts.master_port}",
+            "-m", module, *args,
+        ]
+    return [sys.executable, "-m", module, *args]
+
+
+def run_stage(name: str, cmd: list[str], run_dir: Path) -> None:
+    """Run one stage, teeing its output into run_dir/logs/<name>.log; raise with the log path on failure."""
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{name}.log"
+    log(f"{name}: {' '.join(shlex.quote(c) for c in cmd)}")
+    start = time.time()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    with open(log_path, "a", encoding="utf-8") as handle:
+        handle.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
+        handle.flush()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            handle.write(line)
+            sys.stderr.write(line)
+        code = proc.wait()
+    if code != 0:
+        raise PipelineError(f"stage {name!r} failed with exit code {code}; see {log_path}")
+    log(f"{name}: done in {time.time() - start:.1f}s")
+
+
+# ---------------------------------------------------------------- data
+def _online(host: str = "raw.githubusercontent.com", timeout: float = 3.0) -> bool:
+    """Whether the official files could be downloaded (one short connection attempt)."""
+    if os.environ.get("NLG_OFFLINE") or os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _raw_source(opts: PipelineOptions, run_dir: Path) -> tuple[Path | None, str]:
+    """Where the raw files come from: --raw-dir, ../shared/data, download (None), or the synthetic sample."""
+    if opts.raw_dir is not None:
+        return opts.raw_dir, "raw-dir"
+    shared = SHARED_DATA / SHARED_SUBDIR[opts.dataset]
+    if shared.is_dir():
+        return shared, "shared"
+    if _online():
+        return None, "download"
+    if opts.dataset == "e2e" and opts.offline_synthetic:
+        from data.synthetic import write_synthetic_e2e
+
+        folder = write_synthetic_e2e(run_dir / "raw-synthetic")
+        return folder, "synthetic"
+    raise PipelineError(
+        f"no raw data for {opts.dataset}: pass --raw-dir (RAW_DIR=...), place the files in {shared}, or go online "
+        "so the official files can be downloaded"
+    )
+
+
+def _split_limits(opts: PipelineOptions) -> dict[str, int | None]:
+    """Records kept per split; a dev split that doubles as training data keeps the larger limit."""
+    limits: dict[str, int | None] = {}
+    for split, limit in ((opts.train_from, opts.train_limit), ("valid", opts.valid_limit), (opts.split, opts.test_limit)):
+        if split in limits and (limits[split] is None or limit is None):
+            limits[split] = None
+        else:
+            limits[split] = max(limits.get(split) or 0, limit or 0) or None
+    return limits
+
+
+def stage_prepare(opts: PipelineOptions, run_dir: Path) -> dict:
+    data_dir = run_dir / "data"
+    marker = run_dir / "data_source.json"
+    limits = _split_limits(opts)
+    if marker.is_file() and all((data_dir / f"{s}.jsonl").is_file() for s in limits):
+        log(f"prepare: skipped (already done: {data_dir})")
+        return json.loads(marker.read_text())
+    raw, source = _raw_source(opts, run_dir)
+    for split, limit in limits.items():
+        args = ["--out-dir", str(data_dir), "--splits", split]
+        args += ["--raw-dir", str(raw)] if raw is not None else []
+        args += ["--limit", str(limit)] if limit else []
+        run_stage(f"prepare-{split}", _python_module(f"data.{opts.dataset}.prepare", args, opts, False), run_dir)
+    info = {
+        "source": source,
+        "raw_dir": str(raw) if raw else None,
+        "synthetic_data": source == "synthetic",
+        "train_split": opts.train_from,
+        "limits": limits,
+    }
+    write_json(marker, info)
+    return info
+
+
+# ---------------------------------------------------------------- train .. report
+def stage_train(opts: PipelineOptions, run_dir: Path) -> None:
+    if (run_dir / "train_summary.json").is_file() and (run_dir / "adapter").is_dir():
+        log("train: skipped (already done: adapter/ and train_summary.json exist)")
+        return
+    data_dir = run_dir / "data"
+    args = [
+        "--dataset", opts.dataset, "--model", opts.model, "--method", opts.method,
+        "--train-data", str(data_dir / f"{opts.train_from}.jsonl"),
+        "--valid-data", str(data_dir / "valid.jsonl"),
+        "--out-dir", str(run_dir),
+    ]
+    if any((run_dir / "checkpoints").glob("step-*")):
+        log("train: resuming from the last checkpoint in checkpoints/")
+        args.append("--resume")
+    run_stage("train", _python_module("nlg.train", args + opts.trainer_args, opts, True), run_dir)
+
+
+def stage_generate(opts: PipelineOptions, run_dir: Path) -> None:
+    out = run_dir / f"predictions.{opts.split}.jsonl"
+    if out.is_file():
+        log(f"generate: skipped (already done: {out.name})")
+        return
+    args = [
+        "--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split,
+        "--data", str(run_dir / "data" / f"{opts.split}.jsonl"),
+    ]
+    run_stage("generate", _python_module("nlg.generate", args + opts.generate_args, opts, True), run_dir)
+
+
+def stage_decode(opts: PipelineOptions, run_dir: Path) -> None:
+    out = run_dir / "eval" / opts.split
+    if out.is_dir() and any(out.iterdir()):
+        log(f"decode: skipped (already done: eval/{opts.split}/)")
+        return
+    args = [
+        "--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split,
+        "--formatted", str(run_dir / "data" / f"{opts.split}_formatted.jsonl"),
+    ]
+    run_stage("decode", _python_module("nlg.decode", args, opts, False), run_dir)
+
+
+def stage_score(opts: PipelineOptions, run_dir: Path) -> None:
+    out = run_dir / f"scores.{opts.split}.json"
+    if out.is_file():
+        log(f"score: skipped (already done: {out.name})")
+        return
+    args = ["--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split]
+    run_stage("score", _python_module("eval.score", args, opts, False), run_dir)
+
+
+def stage_report(opts: PipelineOptions, run_dir: Path) -> None:
+    run_stage("report", _python_module("eval.report", [str(run_dir)], opts, False), run_dir)
+
+
+STAGES = ("prepare", "train", "generate", "decode", "score", "report")
+
+
+def run_pipeline(opts: PipelineOptions) -> Path:
+    """Run (or resume) every stage for one dataset; returns the run folder."""
+    if opts.dataset not in DATASETS:
+        raise PipelineError(f"unknown dataset {opts.dataset!r}; expected one of {', '.join(DATASETS)}")
+    if opts.method not in METHODS:
+        raise PipelineError(f"unknown method {opts.method!r}; expected one of {', '.join(METHODS)}")
+    run_dir = Path(opts.run_dir) if opts.run_dir else default_run_dir(opts)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(f"run folder: {run_dir}")
+    stage_prepare(opts, run_dir)
+    stage_train(opts, run_dir)
+    stage_generate(opts, run_dir)
+    stage_decode(opts, run_dir)
+    stage_score(opts, run_dir)
+    stage_report(opts, run_dir)
+    log(f"finished: report at {run_dir / 'report.md'}")
+    return run_dir
+
+
+def parse_args(argv: list[str] | None = None) -> PipelineOptions:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trainer_args: list[str] = []
+    if "--" in argv:  # everything after "--" goes to the trainer
+        cut = argv.index("--")
+        argv, trainer_args = argv[:cut], argv[cut + 1:]
+    p = argparse.ArgumentParser(prog="python -m nlg.pipeline", description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--model", default="gpt2-medium")
+    p.add_argument("--method", default="lora", choices=METHODS)
+    p.add_argument("--run-dir", type=Path)
+    p.add_argument("--raw-dir", type=Path, help="local raw files; default ../shared/data, then download, then (E2E) synthetic")
+    p.add_argument("--nproc", type=int, default=1, help="processes per node for training and generation (torchrun)")
+    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--master-addr", default="127.0.0.1")
+    p.add_argument("--master-port", type=int, default=29500)
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--valid-limit", type=int)
+    p.add_argument("--test-limit", type=int)
+    p.add_argument("--train-from", default="train", choices=("train", "valid"),
+                   help="'valid' trains on the dev split (for demos where the train split is absent)")
+    p.add_argument("--split", default="test", help="split to decode and score")
+    p.add_argument("--no-synthetic", dest="offline_synthetic", action="store_false",
+                   help="offline with no data: fail instead of generating the synthetic E2E sample")
+    p.add_argument("--generate-args", default="", help="extra arguments for nlg.generate, one string")
+    ns = p.parse_args(argv)
+    values = vars(ns)
+    values["generate_args"] = shlex.split(values.pop("generate_args"))
+    return PipelineOptions(trainer_args=trainer_args, **values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    try:
+        run_pipeline(opts)
+    except PipelineError as exc:
+        log(f"error: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

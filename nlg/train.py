@@ -1,0 +1,499 @@
+"""``python -m nlg.train``: the authors' fine-tuning recipe for any method, on one process or under ``torchrun``.
+
+Per dataset the defaults are the paper's (Table 11 and the authors' README command, see nlg.config); every
+TrainConfig field is a flag. What one update does, as in their ``gpt2_ft.py``: each process takes a batch of
+``--batch-size`` examples in their sampler's order, computes the masked, label-smoothed mean loss over its own
+batch, divides by ``--grad-acc``, back-propagates; DDP averages the gradients over processes; after ``--grad-acc``
+batches their AdamW updates the trained tensors with the linearly warmed-up and decayed learning rate.
+
+The run folder (default ``runs/<dataset>-<model>-<method>-r<rank>``) receives ``recipe.json``, ``log.jsonl``,
+``checkpoints/step-<N>/`` (last two kept), and at the end ``adapter/``, ``peft_adapter/`` (LoRA) and
+``train_summary.json``; nothing is written anywhere else. ``--resume`` continues from the last checkpoint
+bit-for-bit.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from nlg import distributed as dist_utils
+from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, read_encoded, total_steps, valid_batches
+from nlg.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nlg.config import DATASETS, TrainConfig, default_data_dir, paper_train_config
+from nlg.io_utils import atomic_open, write_json
+from nlg.loss import MaskedLMLoss
+from nlg.methods import get_method
+from nlg.models import is_random_model, load_model
+from nlg.optim import SCHEDULES, build_optimizer, set_lr
+
+# Fields that may change between a run and its resumption (they do not change what is computed).
+RESUME_MAY_CHANGE = {"resume", "save_interval", "log_interval", "out_dir", "train_data", "valid_data"}
+OUR_OUTPUTS = ("recipe.json", "log.jsonl", "checkpoints", "adapter", "peft_adapter", "train_summary.json")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start as asked (finished folder, incompatible resume, bad flags)."""
+
+
+# ---------------------------------------------------------------- paths and run folder
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Fill in the default data files and run folder."""
+    data_dir = default_data_dir(cfg.dataset)
+    model_tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.model).name or cfg.model)
+    return dataclasses.replace(
+        cfg,
+        train_data=cfg.train_data or str(data_dir / "train.jsonl"),
+        valid_data=cfg.valid_data or str(data_dir / "valid.jsonl"),
+        out_dir=cfg.out_dir or str(Path("runs") / f"{cfg.dataset}-{model_tag}-{cfg.method}-r{cfg.rank}"),
+    )
+
+
+def check_config(cfg: TrainConfig) -> None:
+    if cfg.dataset not in DATASETS:
+        raise TrainError(f"unknown dataset {cfg.dataset!r}; expected one of {', '.join(DATASETS)}")
+    if cfg.scheduler not in SCHEDULES:
+        raise TrainError(f"unknown --scheduler {cfg.scheduler!r}; expected one of {', '.join(SCHEDULES)}")
+    if cfg.precision not in PRECISIONS:
+        raise TrainError(f"unknown --precision {cfg.precision!r}; expected one of {', '.join(PRECISIONS)}")
+    for name in ("batch_size", "grad_acc", "valid_batch_size", "seq_len", "epochs", "save_interval", "log_interval"):
+        if getattr(cfg, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise TrainError(f"--max-steps must be >= 1, got {cfg.max_steps}")
+    if cfg.clip < 0:
+        raise TrainError(f"--clip must be >= 0, got {cfg.clip}")
+
+
+def _decide_start(cfg: TrainConfig, overwrite: bool) -> tuple[str, Path | None]:
+    """("fresh" | "resume" | "finished", checkpoint); refuses to clobber progress unless asked."""
+    run = Path(cfg.out_dir)
+    finished = (run / "train_summary.json").is_file()
+    ckpt = latest_checkpoint(run)
+    if overwrite:
+        for name in OUR_OUTPUTS:
+            target = run / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        return "fresh", None
+    if cfg.resume:
+        if finished:
+            return "finished", ckpt
+        return ("resume", ckpt) if ckpt is not None else ("fresh", None)
+    if finished:
+        raise TrainError(f"{run} holds a finished run (train_summary.json exists); pass --overwrite to train it "
+                         "again from scratch, or choose another --out-dir")
+    if ckpt is not None:
+        raise TrainError(f"{run} holds a started run (last checkpoint {ckpt.name}); pass --resume to continue it "
+                         "or --overwrite to start again")
+    return "fresh", None
+
+
+def _check_resume_config(cfg: TrainConfig, run: Path) -> None:
+    path = run / "recipe.json"
+    if not path.is_file():
+        raise TrainError(f"{path}: missing, cannot check that --resume uses the same recipe")
+    saved = TrainConfig.from_json(path.read_text(encoding="utf-8"))
+    diffs = [f"--{f.name.replace('_', '-')}: run has {getattr(saved, f.name)!r}, now {getattr(cfg, f.name)!r}"
+             for f in dataclasses.fields(TrainConfig)
+             if f.name not in RESUME_MAY_CHANGE and getattr(saved, f.name) != getattr(cfg, f.name)]
+    if diffs:
+        raise TrainError(f"{path}: --resume with a different recipe would not continue the same run:\n  "
+                         + "\n  ".join(diffs))
+
+
+def _is_synthetic(train_data: str) -> bool:
+    """The synthetic E2E sample marks its folders with ``synthetic.json``."""
+    folder = Path(train_data).resolve().parent
+    return any((d / "synthetic.json").is_file() for d in (folder, folder.parent))
+
+
+# ---------------------------------------------------------------- the run
+@dataclasses.dataclass
+class Progress:
+    step: int = 0  # optimizer updates done
+    micro: int = 0  # batches done (all epochs)
+    epoch: int = 1  # current epoch, from 1 as the authors count
+    batch_in_epoch: int = 0  # batches of the current epoch done
+    log_lines: int = 0
+    elapsed_s: float = 0.0
+    train_time_s: float = 0.0
+    tokens: int = 0  # real tokens trained on, all processes
+    last_loss: float | None = None
+    last_valid_loss: float | None = None
+
+
+class Trainer:
+    """One run: ``Trainer(cfg).run()``. Split in steps so tests can inspect or seed the model before training."""
+
+    def __init__(self, cfg: TrainConfig, device: str | None = None, overwrite: bool = False,
+                 stop_after: int | None = None, quiet: bool = False):
+        check_config(cfg)
+        self.cfg = cfg = resolve_paths(cfg)
+        self.dist = dist_utils.setup(device)
+        self.quiet = quiet or not self.dist.is_main
+        self.stop_after = stop_after
+        self.run_dir = Path(cfg.out_dir)
+        decision = None
+        if self.dist.is_main:
+            try:
+                decision = _decide_start(cfg, overwrite)
+            except TrainError as exc:
+                decision = ("error", str(exc))
+        decision = dist_utils.broadcast_object(decision)
+        if decision[0] == "error":
+            raise TrainError(decision[1])
+        self.mode, ckpt = decision
+        self.ckpt_path = Path(ckpt) if ckpt is not None else None
+        if self.mode == "finished":
+            return
+        if self.mode == "resume":
+            _check_resume_config(cfg, self.run_dir)
+
+        self.train_examples = read_encoded(cfg.train_data, cfg.seq_len)
+        self.valid_examples = read_encoded(cfg.valid_data, cfg.seq_len)
+        self.total_steps = total_steps(len(self.train_examples), cfg.batch_size, cfg.epochs, cfg.grad_acc,
+                                       self.dist.world, cfg.max_steps)
+        if self.total_steps < 1:
+            raise TrainError(f"{cfg.train_data}: {len(self.train_examples)} examples give no complete update "
+                             f"(batch {cfg.batch_size} x grad-acc {cfg.grad_acc} x {self.dist.world} processes)")
+
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.method = get_method(cfg.method)
+        model = load_model(cfg.model)  # a random test model is built with load_model's own seed, as decoding does
+        torch.manual_seed(cfg.seed)  # the method's initialisation does not depend on how the base was built
+        model = self.method.apply(model, cfg)
+        self.model = model.to(self.dist.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise TrainError(f"method {cfg.method!r} left no trainable parameter")
+        self.optimizer = build_optimizer(self.params, cfg)
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.precision == "fp16")
+        self.loss_module = MaskedLMLoss(self.model)
+        self.ddp = None
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            self.ddp = DDP(self.loss_module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
+        self.progress = Progress()
+        self.pad_rng = random.Random(PAD_RNG_SEED)
+        self.pad_rng_epoch_start = self.pad_rng.getstate()
+        if self.mode == "resume":
+            self._restore(self.ckpt_path)
+        else:
+            self._write_recipe()
+
+    # ------------------------------------------------------------ bookkeeping
+    def info(self, message: str) -> None:
+        if self.dist.is_main:
+            print(message, file=sys.stderr, flush=True)
+
+    def _write_recipe(self) -> None:
+        if not self.dist.is_main:
+            return
+        cfg = self.cfg
+        recipe = json.loads(cfg.to_json())
+        recipe.update({
+            "random_model": is_random_model(cfg.model),
+            "synthetic_data": _is_synthetic(cfg.train_data),
+            "trainable_params": sum(p.numel() for p in self.params),
+            "paper_param_count": self.method.paper_param_count(cfg, self.model.config),
+            "world_size": self.dist.world,
+            "total_steps": self.total_steps,
+            "train_examples": len(self.train_examples),
+            "valid_examples": len(self.valid_examples),
+        })
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "recipe.json", recipe)
+        with atomic_open(self.run_dir / "log.jsonl") as handle:
+            handle.write("")
+
+    def _log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+        self.progress.log_lines += 1
+
+    def _save(self) -> None:
+        p = self.progress
+        rng = rng_state(self.dist.device)
+        rng["pad_epoch_start"] = self.pad_rng_epoch_start
+        rngs = dist_utils.all_gather_object(rng)
+        if self.dist.is_main:
+            state = dataclasses.asdict(p)
+            state.update(world_size=self.dist.world, total_steps=self.total_steps,
+                         scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None)
+            save_checkpoint(self.run_dir, p.step, self.method.trainable_state(self.model),
+                            self.optimizer.state_dict(), rngs, state)
+        dist_utils.barrier()
+
+    def _restore(self, path: Path) -> None:
+        ck = load_checkpoint(path)
+        state = ck["state"]
+        if state.get("world_size") != self.dist.world:
+            raise TrainError(f"{path}: written by {state.get('world_size')} processes, resumed with "
+                             f"{self.dist.world}; resume with the same number of processes")
+        self.method.load_state(self.model, ck["trainable"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rng = ck["rng"][self.dist.rank]
+        set_rng_state(rng, self.dist.device)
+        self.pad_rng_epoch_start = _as_random_state(rng["pad_epoch_start"])
+        self.pad_rng.setstate(self.pad_rng_epoch_start)
+        fields = {f.name for f in dataclasses.fields(Progress)}
+        self.progress = Progress(**{k: v for k, v in state.items() if k in fields})
+        if self.dist.is_main:  # drop log lines written after the checkpoint
+            log = self.run_dir / "log.jsonl"
+            lines = log.read_text(encoding="utf-8").splitlines(keepends=True) if log.is_file() else []
+            with atomic_open(log) as handle:
+                handle.writelines(lines[: self.progress.log_lines])
+        self.info(f"resuming from step {self.progress.step} ({path})")
+
+    # ------------------------------------------------------------ steps
+    def _autocast(self):
+        dtype = PRECISIONS[self.cfg.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=dtype)
+
+    def _micro_step(self, batch, sync: bool) -> torch.Tensor:
+        b = batch.to(self.dist.device)
+        module = self.ddp if self.ddp is not None else self.loss_module
+        ctx = contextlib.nullcontext() if (sync or self.ddp is None) else self.ddp.no_sync()
+        with ctx:
+            with self._autocast():
+                loss = module(b.input_ids, b.position_ids, b.targets, b.mask, self.cfg.label_smooth)
+            self.scaler.scale(loss / self.cfg.grad_acc).backward()
+        return loss.detach()
+
+    def _update(self) -> float:
+        cfg = self.cfg
+        lr = set_lr(self.optimizer, cfg.lr, self.progress.step, cfg.warmup_steps, self.total_steps, cfg.scheduler)
+        if cfg.clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean over validation batches of each batch's masked mean loss (no smoothing), as the authors report."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for idx in valid_batches(self.valid_examples, self.cfg.valid_batch_size, self.dist.rank, self.dist.world):
+            b = collate([self.valid_examples[i] for i in idx]).to(self.dist.device)
+            with self._autocast():
+                loss = self.loss_module(b.input_ids, b.position_ids, b.targets, b.mask, 0.0)
+            total += float(loss)
+            count += 1
+        self.model.train()
+        total, count = dist_utils.all_sum([total, count], self.dist.device)
+        return total / max(count, 1)
+
+    def _epoch_plan(self, epoch: int) -> EpochPlan:
+        self.pad_rng_epoch_start = self.pad_rng.getstate()
+        bucket = 50 if self.cfg.bucket_by_length else 0
+        return EpochPlan(self.train_examples, self.cfg.batch_size, self.cfg.seed, epoch, self.dist.rank,
+                         self.dist.world, self.pad_rng, bucket)
+
+    # ------------------------------------------------------------ main loop
+    def run(self) -> Path:
+        if self.mode == "finished":
+            self.info(f"{self.run_dir}: this run already finished (train_summary.json); nothing to do")
+            return self.run_dir
+        cfg, p = self.cfg, self.progress
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=p.step, desc="train", unit="step", disable=self.quiet,
+                   dynamic_ncols=True)
+        start = time.perf_counter() - p.elapsed_s
+        window = {"loss": 0.0, "updates": 0, "tokens": 0, "time": 0.0}
+        pending_loss = torch.zeros((), device=self.dist.device)
+        validated_at = None
+        stopped = False
+        while p.step < self.total_steps and not stopped:
+            if cfg.max_steps is None and p.epoch > cfg.epochs:
+                break
+            plan = self._epoch_plan(p.epoch)
+            for bi in range(p.batch_in_epoch, len(plan)):
+                t0 = time.perf_counter()
+                batch = collate([self.train_examples[i] for i in plan.batches[bi]])
+                p.micro += 1
+                boundary = p.micro % cfg.grad_acc == 0
+                pending_loss += self._micro_step(batch, sync=boundary)
+                window["tokens"] += batch.n_tokens
+                p.batch_in_epoch = bi + 1
+                if not boundary:
+                    window["time"] += time.perf_counter() - t0
+                    continue
+                lr = self._update()
+                p.step += 1
+                dt = time.perf_counter() - t0
+                window["time"] += dt
+                window["loss"] += float(pending_loss) / cfg.grad_acc
+                window["updates"] += 1
+                pending_loss.zero_()
+                bar.update(1)
+                if p.step % cfg.log_interval == 0 or p.step == self.total_steps:
+                    self._log_train(window, lr, start)
+                    bar.set_postfix(loss=f"{p.last_loss:.3f}", lr=f"{lr:.2e}")
+                if p.step % cfg.save_interval == 0 or p.step == self.total_steps:
+                    p.elapsed_s = time.perf_counter() - start
+                    self._save()
+                if p.step == self.total_steps:
+                    break
+                if self.stop_after is not None and p.step >= self.stop_after:
+                    stopped = True
+                    break
+            if stopped:
+                break
+            if p.batch_in_epoch >= len(plan) or p.step == self.total_steps:
+                p.last_valid_loss = self.validate()
+                validated_at = p.step
+                self._log({"step": p.step, "epoch": p.epoch, "valid_loss": p.last_valid_loss})
+                if self.dist.is_main:
+                    bar.write(f"epoch {p.epoch} step {p.step}: valid loss {p.last_valid_loss:.4f}", file=sys.stderr)
+            if p.batch_in_epoch >= len(plan):
+                p.epoch += 1
+                p.batch_in_epoch = 0
+        bar.close()
+        p.elapsed_s = time.perf_counter() - start
+        if stopped:
+            self.info(f"stopped after step {p.step} as asked (--stop-after); continue with --resume")
+            return self.run_dir
+        if validated_at != p.step:
+            p.last_valid_loss = self.validate()
+            self._log({"step": p.step, "epoch": p.epoch, "valid_loss": p.last_valid_loss})
+        self._finish()
+        return self.run_dir
+
+    def _log_train(self, window: dict, lr: float, start: float) -> None:
+        p = self.progress
+        loss_sum, updates, tokens, secs = dist_utils.all_sum(
+            [window["loss"], window["updates"], window["tokens"], window["time"]], self.dist.device)
+        secs = secs / self.dist.world  # processes run side by side
+        p.tokens += int(tokens)
+        p.train_time_s += secs
+        p.last_loss = loss_sum / updates
+        self._log({"step": p.step, "epoch": p.epoch, "loss": p.last_loss, "lr": lr,
+                   "tokens_per_s": tokens / secs if secs > 0 else None,
+                   "elapsed_s": round(time.perf_counter() - start, 3)})
+        window.update(loss=0.0, updates=0, tokens=0, time=0.0)
+
+    def _finish(self) -> None:
+        p = self.progress
+        if self.dist.is_main:
+            from nlg.adapter_io import export_peft, save_adapter
+
+            save_adapter(self.model, self.cfg, self.run_dir / "adapter")
+            if self.cfg.method == "lora":
+                export_peft(self.model, self.cfg, self.run_dir / "peft_adapter")
+            write_json(self.run_dir / "train_summary.json", {
+                "trainable_params": sum(t.numel() for t in self.params),
+                "train_time_s": round(p.train_time_s, 3),
+                "tokens_per_s": p.tokens / p.train_time_s if p.train_time_s > 0 else None,
+                "final_train_loss": p.last_loss,
+                "final_valid_loss": p.last_valid_loss,
+                "steps": p.step,
+            })
+            self.info(f"done: {p.step} steps, train loss {p.last_loss:.4f}, valid loss {p.last_valid_loss:.4f}; "
+                      f"run folder {self.run_dir}")
+        dist_utils.barrier()
+
+
+def _as_random_state(state):
+    """JSON/torch round trips turn the tuple in ``random.getstate()`` into lists; make it a tuple again."""
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def train(cfg: TrainConfig, device: str | None = None, overwrite: bool = False, stop_after: int | None = None,
+          quiet: bool = False) -> Path:
+    """Train one run as ``cfg`` says; returns the run folder."""
+    return Trainer(cfg, device=device, overwrite=overwrite, stop_after=stop_after, quiet=quiet).run()
+
+
+# ---------------------------------------------------------------- CLI
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every TrainConfig field as a flag; defaults come from the paper's recipe for --dataset."""
+    p = argparse.ArgumentParser(
+        prog="python -m nlg.train",
+        description="Fine-tune GPT-2 with LoRA (or a baseline method) on E2E / WebNLG / DART as the paper did.",
+        argument_default=argparse.SUPPRESS,
+    )
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        hint = hints[f.name]
+        default = getattr(defaults, f.name)
+        help_text = f"(paper default for the dataset; E2E: {default!r})"
+        if f.name == "resume":
+            p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run folder")
+        elif hint is bool:
+            p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
+        elif f.name == "lora_targets":
+            p.add_argument(_flag(f.name), type=lambda s: tuple(t.strip() for t in s.split(",") if t.strip()),
+                           help="comma-separated subset of q,k,v,o,c_fc,c_proj (default q,v)")
+        else:
+            base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            kind = base[0] if isinstance(base[0], type) else str
+            p.add_argument(_flag(f.name), type=kind, help=help_text)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)")
+    p.add_argument("--overwrite", action="store_true", help="discard this run folder's training outputs and start over")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many updates as if interrupted (the schedule is unchanged); --resume continues")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    values = vars(ns).copy()
+    extra = {k: values.pop(k, None) for k in ("device", "overwrite", "stop_after", "quiet")}
+    dataset = values.pop("dataset", "e2e")
+    model = values.pop("model", TrainConfig.model)
+    return paper_train_config(dataset, model, **values), extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        cfg, extra = config_from_args(ns)
+        train(cfg, device=extra["device"], overwrite=bool(extra["overwrite"]), stop_after=extra["stop_after"],
+              quiet=bool(extra["quiet"]))
+    except (TrainError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        dist_utils.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The per-dataset scripts end to end on the tiny model, and resuming after a kill during training."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, SHARED_DATA
+
+SHARED_SUBDIR = {"e2e": "e2e", "webnlg": "webnlg_challenge_2017", "dart": "dart"}
+# Each dataset's splits as the tests use them: which split trains, and which raw-dir to read.
+TRAIN_FROM = {"e2e": "valid", "webnlg": "valid", "dart": "valid"}  # shared data has no E2E/DART train split
+
+
+def _raw_dir(dataset: str) -> Path | None:
+    shared = SHARED_DATA / SHARED_SUBDIR[dataset]
+    if shared.is_dir():
+        return shared
+    return None
+
+
+def _env(run_dir: Path, dataset: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        MODEL="tiny", METHOD="lora", RUN_DIR=str(run_dir), TRAIN_LIMIT="48", VALID_LIMIT="16", TEST_LIMIT="10",
+        GENERATE_ARGS="--batch-size 4 --beam 3 --max-new-tokens 12", HF_HUB_OFFLINE="1", NLG_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    raw = _raw_dir(dataset)
+    if raw is not None:
+        env["RAW_DIR"] = str(raw)
+        env["TRAIN_FROM"] = TRAIN_FROM[dataset]
+    elif dataset != "e2e":
+        pytest.skip(f"needs {SHARED_DATA / SHARED_SUBDIR[dataset]} (only E2E has an offline synthetic sample)")
+    env.update(extra)
+    return env
+
+
+TRAIN_FLAGS = ["--max-steps", "6", "--warmup-steps", "2", "--batch-size", "4", "--save-interval", "2",
+               "--log-interval", "1"]
+
+
+def _script(dataset: str) -> list[str]:
+    return ["bash", str(REPO / "scripts" / f"{dataset}.sh"), *TRAIN_FLAGS]
+
+
+def _check_artefacts(run_dir: Path, dataset: str) -> None:
+    assert (run_dir / "adapter" / "adapter.safetensors").is_file()
+    assert json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["method"] == "lora"
+    preds = [json.loads(line) for line in (run_dir / "predictions.test.jsonl").read_text().splitlines()]
+    assert len(preds) == 10 and all(isinstance(p["predict"], list) for p in preds)
+    ev = run_dir / "eval" / "test"
+    if dataset == "e2e":
+        hyps = (ev / "hypothesis.txt").read_text().splitlines()
+        groups = (ev / "references.txt").read_text().strip("\n").split("\n\n")
+        assert len(hyps) == len(groups) >= 1
+    else:
+        folder = ev / "all" if dataset == "webnlg" else ev
+        hyps = (folder / "hypothesis").read_text().splitlines()
+        for k in range(6):
+            assert len((folder / f"reference{k}").read_text().splitlines()) == len(hyps)
+    scores = json.loads((run_dir / "scores.test.json").read_text())
+    metrics = scores["metrics"]["all"] if dataset == "webnlg" else scores["metrics"]
+    assert "BLEU" in metrics and "METEOR" in metrics
+    report = (run_dir / "report.md").read_text()
+    assert "random" in report.splitlines()[0].lower()
+    assert (run_dir / "report.json").is_file()
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["e2e", "webnlg", "dart"])
+def test_dataset_script_end_to_end(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(_script(dataset), env=_env(run_dir, dataset), cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_artefacts(run_dir, dataset)
+    # a second run skips every finished stage and leaves the results as they were
+    before = (run_dir / "predictions.test.jsonl").read_bytes()
+    again = subprocess.run(_script(dataset), env=_env(run_dir, dataset), cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "train: skipped" in again.stderr and "generate: skipped" in again.stderr
+    assert (run_dir / "predictions.test.jsonl").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_killed_during_training_resumes_to_the_same_adapter(tmp_path):
+    straight = tmp_path / "straight"
+    proc = subprocess.run(_script("e2e"), env=_env(straight, "e2e"), cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    env = _env(killed, "e2e", GENERATE_ARGS="--batch-size 4 --beam 3 --max-new-tokens 12")
+    child = subprocess.Popen(_script("e2e"), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not any((killed / "checkpoints").glob("step-2")) and time.time() < deadline:
+        if child.poll() is not None:
+            pytest.fail("the run finished before it could be interrupted")
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (killed / "adapter").exists(), "the kill came after training ended"
+
+    resumed = subprocess.run(_script("e2e"), env=env, cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr.lower()
+    a = load_file(straight / "adapter" / "adapter.safetensors")
+    b = load_file(killed / "adapter" / "adapter.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] == b[key]).all(), key
