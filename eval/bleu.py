@@ -30,14 +30,20 @@ def max_ref_counts(refs: Sequence[Sequence[str]], n: int) -> dict:
     return merged
 
 
-def e2e_bleu(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int = 4) -> float:
+def e2e_tokens(hyps: Sequence[str], refs: Sequence[Sequence[str]]):
+    """Lower-cased mteval tokens of every hypothesis and reference (shared by E2E BLEU and NIST)."""
+    def tok(text: str) -> list[str]:
+        return [t.lower() for t in tokenize_py(text)]
+
+    return [tok(h) for h in hyps], [[tok(r) for r in group] for group in refs]
+
+
+def e2e_bleu(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int = 4, tokens=None) -> float:
     """BLEU as the E2E script's Python mteval computes it (a fraction, not a percentage)."""
     hits = [0] * max_n
     cand = [0] * max_n
     ref_len = 0
-    for hyp, group in zip(hyps, refs):
-        h = [t.lower() for t in tokenize_py(hyp)]
-        rs = [[t.lower() for t in tokenize_py(r)] for r in group]
+    for h, rs in zip(*(tokens or e2e_tokens(hyps, refs))):
         for i in range(max_n):
             n = i + 1
             ceiling = max_ref_counts(rs, n)

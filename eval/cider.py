@@ -3,7 +3,6 @@ n = 1..4, Gaussian length penalty with sigma 6 on the bigram count, times 10, id
 scored), on PTB-tokenised text. Written for speed; the arithmetic follows the original step by step."""
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Sequence
 

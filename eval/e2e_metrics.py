@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .bleu import e2e_bleu
+from .bleu import e2e_bleu, e2e_tokens
 from .cider import cider
 from .meteor import Meteor
 from .nist import e2e_nist
@@ -33,7 +33,8 @@ def score_e2e(hyps: Sequence[str], refs: Sequence[Sequence[str]], meteor: Meteor
     try:
         flat_refs = [r for group in refs for r in group]
         ref_job, hyp_job = PTBJob(flat_refs), PTBJob(hyps)
-        scores = {"BLEU": e2e_bleu(hyps, refs), "NIST": e2e_nist(hyps, refs)}
+        tokens = e2e_tokens(hyps, refs)
+        scores = {"BLEU": e2e_bleu(hyps, refs, tokens=tokens), "NIST": e2e_nist(hyps, refs, tokens=tokens)}
         tok_flat = ref_job.result()
         tok_hyps = hyp_job.result()
         tok_refs, pos = [], 0

@@ -10,20 +10,17 @@ import math
 from collections import Counter, defaultdict
 from typing import Sequence
 
-from .bleu import max_ref_counts, ngram_counts
-from .mteval_tok import tokenize_py
+from .bleu import e2e_tokens, max_ref_counts, ngram_counts
 
 BETA = -math.log(0.5) / math.log(1.5) ** 2
 
 
-def e2e_nist(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int = 5) -> float:
+def e2e_nist(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int = 5, tokens=None) -> float:
     ref_counts: list[Counter] = [Counter() for _ in range(max_n + 1)]
     hit_lists: list[list[list[tuple]]] = [[] for _ in range(max_n)]
     cand_lens = [0] * max_n
     avg_ref_len = 0.0
-    for hyp, group in zip(hyps, refs):
-        h = [t.lower() for t in tokenize_py(hyp)]
-        rs = [[t.lower() for t in tokenize_py(r)] for r in group]
+    for h, rs in zip(*(tokens or e2e_tokens(hyps, refs))):
         for i in range(max_n):
             n = i + 1
             cand_lens[i] += len(h) - i

@@ -111,8 +111,7 @@ def multi_ref_files(refs: str | os.PathLike, num_refs: int | None = None) -> lis
     return files
 
 
-def read_multi_references(refs: str | os.PathLike, num_refs: int | None = None,
-                          n_hyps: int | None = None) -> list[list[str]]:
+def read_multi_references(refs: str | os.PathLike, num_refs: int | None = None) -> list[list[str]]:
     """Per instance, the N references (missing ones are empty strings), checking every file's line count."""
     if Path(refs).suffix == ".jsonl":
         groups = read_jsonl_references(refs)

@@ -47,7 +47,7 @@ def score_multi_ref_files(refs: str | Path, hyps: str | Path, num_refs: int | No
     from .webnlg_metrics import score_webnlg
 
     hyp_list = read_hypotheses(hyps)
-    ref_groups = read_multi_references(refs, num_refs, n_hyps=len(hyp_list))
+    ref_groups = read_multi_references(refs, num_refs)
     check_counts(refs, len(ref_groups), hyps, len(hyp_list))
     return {"metrics": score_webnlg(hyp_list, ref_groups, meteor=meteor), "n": len(hyp_list),
             "num_refs": len(ref_groups[0])}

@@ -116,10 +116,10 @@ def ter(hyp: Sequence[str], ref: Sequence[str]) -> float:
         words = best_words
 
 
-def generation_eval_ter(hyps_tok: Sequence[str], refs_tok: Sequence[Sequence[str]]) -> float:
-    """GenerationEval's TER: per instance the minimum over its references (an empty reference scores 1), then
-    the plain mean over instances; texts are word_tokenize-d and blank-joined."""
-    total = 0.0
+def instance_ters(hyps_tok: Sequence[str], refs_tok: Sequence[Sequence[str]]) -> list[float]:
+    """Per instance, GenerationEval's TER: the minimum over its references (an empty reference scores 1);
+    texts are word_tokenize-d and blank-joined."""
+    out = []
     for hyp, group in zip(hyps_tok, refs_tok):
         h = hyp.split()
         best = None
@@ -127,5 +127,18 @@ def generation_eval_ter(hyps_tok: Sequence[str], refs_tok: Sequence[Sequence[str
             r = ref.split()
             value = ter(h, r) if ref and r else 1
             best = value if best is None else min(best, value)
-        total += best
-    return total / len(hyps_tok)
+        out.append(best)
+    return out
+
+
+def mean_ter(per_instance: Sequence[float]) -> float:
+    """The plain mean, summed in instance order like the original."""
+    total = 0.0
+    for value in per_instance:
+        total += value
+    return total / len(per_instance)
+
+
+def generation_eval_ter(hyps_tok: Sequence[str], refs_tok: Sequence[Sequence[str]]) -> float:
+    """GenerationEval's corpus TER."""
+    return mean_ter(instance_ters(hyps_tok, refs_tok))

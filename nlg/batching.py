@@ -156,12 +156,13 @@ class Batch:
     position_ids: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor  # bool
+    lengths: torch.Tensor  # [B] real tokens per row (they come first)
     n_tokens: int  # real (non-pad) input tokens
     n_loss: int
 
     def to(self, device) -> "Batch":
         return Batch(self.input_ids.to(device), self.position_ids.to(device), self.targets.to(device),
-                     self.mask.to(device), self.n_tokens, self.n_loss)
+                     self.mask.to(device), self.lengths.to(device), self.n_tokens, self.n_loss)
 
 
 def collate(examples: Sequence[Example], pad_to: int | None = None) -> Batch:
@@ -179,8 +180,8 @@ def collate(examples: Sequence[Example], pad_to: int | None = None) -> Batch:
         tgt[row, :n] = torch.tensor(e.target, dtype=torch.long)
         msk[row, :n] = torch.tensor(e.mask, dtype=torch.bool)
     pos = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(b, width).contiguous()
-    n_tokens = sum(len(e.input) for e in examples)
-    return Batch(inp, pos, tgt, msk, n_tokens, int(msk.sum()))
+    lengths = torch.tensor([len(e.input) for e in examples], dtype=torch.long)
+    return Batch(inp, pos, tgt, msk, lengths, int(lengths.sum()), int(msk.sum()))
 
 
 def valid_batches(examples: list[Example], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:

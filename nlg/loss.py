@@ -16,7 +16,7 @@ MASK_EPS = 1e-4  # the authors' ``loss.sum() / (lm_mask.sum() + 0.0001)``
 
 def masked_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, mask: torch.Tensor,
                    label_smooth: float = 0.0) -> torch.Tensor:
-    """Mean loss over the masked positions of the whole batch (``hidden``: ``[B, T, d]``, the rest ``[B, T]``)."""
+    """Mean loss over the masked positions of the whole batch (``hidden``: ``[..., d]``, the rest ``[...]``)."""
     ls = float(label_smooth) if label_smooth > 0.0001 else 0.0  # their threshold for the smoothing branch
     sel = mask.bool()
     logits = lm_head(hidden[sel]).float()
@@ -39,16 +39,31 @@ def full_lm_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
 class MaskedLMLoss(torch.nn.Module):
     """One forward pass from token ids to the batch loss, so ``DistributedDataParallel`` can wrap the whole step.
 
-    Hidden states come from ``model.transformer`` called with explicit ``position_ids`` and no attention mask
-    (pads sit after the real tokens and attention is causal); the LM head runs only at masked positions.
+    Stock GPT-2 stacks (LoRA included) run packed, with no work on padding (nlg.packed); anything else goes
+    through ``model.transformer`` with explicit ``position_ids`` and no attention mask (pads sit after the real
+    tokens and attention is causal). Either way the LM head runs only at masked positions.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, packed: bool | None = None):
         super().__init__()
+        from nlg import packed as packed_mod
+
         self.model = model
+        self.packed = packed_mod.supports(model) if packed is None else packed
+        if self.packed and not packed_mod.supports(model):
+            raise ValueError("packed=True needs a stock GPT-2 stack (see nlg.packed.supports)")
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                label_smooth: float = 0.0) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, label_smooth: float = 0.0) -> torch.Tensor:
+        if self.packed:
+            from nlg.packed import packed_hidden
+
+            if lengths is None:
+                raise ValueError("the packed forward needs each row's real length")
+            hidden, flat = packed_hidden(self.model.transformer, input_ids, position_ids, lengths)
+            sel = mask.reshape(-1).index_select(0, flat)
+            return masked_lm_loss(hidden, self.model.lm_head, targets.reshape(-1).index_select(0, flat), sel,
+                                  label_smooth)
         out = self.model.transformer(input_ids=input_ids, attention_mask=None, position_ids=position_ids,
                                      use_cache=False)
         return masked_lm_loss(out.last_hidden_state, self.model.lm_head, targets, mask, label_smooth)

@@ -125,6 +125,23 @@ def _is_synthetic(train_data: str) -> bool:
     return any((d / "synthetic.json").is_file() for d in (folder, folder.parent))
 
 
+def fuse_gelu(model: torch.nn.Module) -> int:
+    """Compute GPT-2's tanh GELU with PyTorch's fused kernel instead of transformers' seven-op Python formula.
+
+    Same function (0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the authors' ``gelu`` too), equal to float
+    rounding (|diff| <= 1 ulp); on CPU it removes about a tenth of a LoRA step's time. Returns how many were swapped.
+    """
+    from transformers.activations import NewGELUActivation
+
+    swapped = 0
+    for module in model.modules():
+        act = getattr(module, "act", None)
+        if isinstance(act, NewGELUActivation):
+            module.act = torch.nn.GELU(approximate="tanh")
+            swapped += 1
+    return swapped
+
+
 # ---------------------------------------------------------------- the run
 @dataclasses.dataclass
 class Progress:
@@ -181,6 +198,7 @@ class Trainer:
         model = load_model(cfg.model)  # a random test model is built with load_model's own seed, as decoding does
         torch.manual_seed(cfg.seed)  # the method's initialisation does not depend on how the base was built
         model = self.method.apply(model, cfg)
+        fuse_gelu(model)
         self.model = model.to(self.dist.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
@@ -284,7 +302,7 @@ class Trainer:
         ctx = contextlib.nullcontext() if (sync or self.ddp is None) else self.ddp.no_sync()
         with ctx:
             with self._autocast():
-                loss = module(b.input_ids, b.position_ids, b.targets, b.mask, self.cfg.label_smooth)
+                loss = module(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, self.cfg.label_smooth)
             self.scaler.scale(loss / self.cfg.grad_acc).backward()
         return loss.detach()
 
@@ -307,7 +325,7 @@ class Trainer:
         for idx in valid_batches(self.valid_examples, self.cfg.valid_batch_size, self.dist.rank, self.dist.world):
             b = collate([self.valid_examples[i] for i in idx]).to(self.dist.device)
             with self._autocast():
-                loss = self.loss_module(b.input_ids, b.position_ids, b.targets, b.mask, 0.0)
+                loss = self.loss_module(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, 0.0)
             total += float(loss)
             count += 1
         self.model.train()

@@ -353,3 +353,50 @@ def test_bad_settings_and_states_are_clear_errors():
         get_method("prefix-layer").load_state(prepared("prefix-layer")[0], {KV_KEY: torch.zeros(3, 2, 4, 4, 16)})
     with pytest.raises(MethodError, match="call apply"):
         get_method("prefix-embed").trainable_state(small())
+
+
+def test_count_line_reports_trained_saved_formula_and_paper_figure():
+    from nlg.methods.counts import count_line, nearest_paper_figure
+
+    model, cfg = prepared("prefix-layer")
+    line = count_line(cfg, model)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert line == f"prefix-layer: trains {trained:,} parameters, saves {2 * N_LAYER * D * 5:,}; paper formula {N_LAYER * D * 5:,}"
+    assert nearest_paper_figure("gpt2-medium", "adapter-l", 368_784) == 0.37e6
+    assert nearest_paper_figure("gpt2-medium", "adapter-l", 11_089_152) == 11.09e6
+    assert nearest_paper_figure("gpt2-medium", "prefix-embed", 4096) is None
+
+
+def test_latency_benchmark_variants_share_but_never_change_the_base(tmp_path):
+    """The benchmark's models: the right methods, decoding form, base weights shared and left untouched."""
+    import importlib.util
+    import sys
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_latency", REPO / "scripts" / "bench_latency.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclass looks itself up there
+    spec.loader.exec_module(bench)
+    reference = build_random("tiny", seed=0)
+    variants = bench.build_variants("tiny", adapter_l_dim=6, adapter_h_dim=8, prefix_len=3, lora_rank=2)
+    by_name = {v.name: v.model for v in variants}
+    assert list(by_name) == ["base", "base (again)", "LoRA merged", "LoRA unmerged", "Adapter^L", "Adapter^H",
+                             "PreLayer"]
+    for name, weight in reference.state_dict().items():  # merging LoRA wrote into a private copy only
+        assert torch.equal(by_name["base"].state_dict()[name], weight), name
+    base_wte = by_name["base"].transformer.wte.weight
+    assert all(m.transformer.wte.weight is base_wte for m in by_name.values())
+    from nlg.lora import lora_modules
+
+    assert all(m.merged for _, m in lora_modules(by_name["LoRA merged"]))
+    assert not any(m.merged for _, m in lora_modules(by_name["LoRA unmerged"]))
+    assert type(by_name["PreLayer"].transformer.prefix_tuning).__name__ == "PlainPrefix"
+    times = bench.time_variants(variants, seq_len=4, batch=1, repeats=2, warmup=0)
+    assert {k: len(v) for k, v in times.items()} == {v.name: 2 for v in variants}
+    summary = bench.summarise(times)
+    assert summary["base"]["ratio"] == 1.0
+    ids = torch.tensor([[5, 6, 7, 8]])
+    merged_vs_unmerged = [logits(by_name[n], ids, torch.ones_like(ids), torch.arange(4)[None])
+                          for n in ("LoRA merged", "LoRA unmerged")]
+    torch.testing.assert_close(merged_vs_unmerged[0], merged_vs_unmerged[1], rtol=0, atol=1e-4)

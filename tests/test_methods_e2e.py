@@ -35,7 +35,7 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def e2e_data(tmp_path_factory):
-    """Encoded E2E train/valid files: 8 + 8 records of the shared dev split, else of the synthetic sample (a small
+    """Encoded E2E train/valid files: 16 + 4 records of the shared dev split, else of the synthetic sample (a small
     training set, so that a few updates revisit the same examples and the loss is comparable across epochs)."""
     from data.e2e.prepare import prepare
 
@@ -51,8 +51,8 @@ def e2e_data(tmp_path_factory):
         out = prepare(raw_dir=raw, out_dir=root / "data", splits=("train",), limit=32)
         records = read_jsonl(out["train"][1])
     train, valid = root / "train.jsonl", root / "valid.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in records[:8]), encoding="utf-8")
-    valid.write_text("".join(json.dumps(r) + "\n" for r in records[24:]), encoding="utf-8")
+    train.write_text("".join(json.dumps(r) + "\n" for r in records[:16]), encoding="utf-8")
+    valid.write_text("".join(json.dumps(r) + "\n" for r in records[24:28]), encoding="utf-8")
     prompts = [r["context"] for r in records[24:28]]
     return train, valid, prompts
 
@@ -71,9 +71,9 @@ def test_trains_saves_reloads_and_decodes_the_same(method, e2e_data, tmp_path):
 
     losses = [r["loss"] for r in read_jsonl(run / "log.jsonl") if "loss" in r]
     assert len(losses) == STEPS
-    # Training is deterministic (no dropout), so any fall on the same records is the updates' doing; one epoch is
-    # 2 batches of the same 8 records. The random tiny model gives 5 special tokens little leverage, hence 0.02.
-    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.02, losses
+    # Training is deterministic (no dropout), so any fall on the same records is the updates' doing; an epoch is
+    # 4 batches of the same 16 records. The random tiny model gives 5 special tokens little leverage, hence 0.02.
+    assert sum(losses[4:]) / 4 < sum(losses[:4]) / 4 - 0.02, losses
     assert trainer.progress.last_valid_loss < valid_before - 0.02, (valid_before, trainer.progress.last_valid_loss)
     after = get_method(method).trainable_state(trainer.model)
     assert all(not torch.equal(before[k], after[k]) for k in before)  # every trained tensor moved

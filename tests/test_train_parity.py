@@ -74,13 +74,15 @@ def test_rows_equal_authors_padded_rows(gold):
     assert read_encoded(DATA, 16)[6].n_loss == 0
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("ls", [0.1, 0.0])
-def test_loss_and_lora_gradients_equal_authors(gold, ls):
+def test_loss_and_lora_gradients_equal_authors(gold, ls, packed):
+    """Both of our forward paths (packed rows, and model.transformer on rows padded to the longest)."""
     info, t = gold
     model = _lora_model(t, t)
     examples = read_encoded(DATA, 16)
     b = collate([examples[i] for i in info["gradcase_ids"]])
-    loss = MaskedLMLoss(model)(b.input_ids, b.position_ids, b.targets, b.mask, ls)
+    loss = MaskedLMLoss(model, packed=packed)(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, ls)
     loss.backward()
     assert loss.item() == pytest.approx(info[f"gradcase_loss_ls{ls}"], rel=2e-6)
     for i, block in enumerate(model.transformer.h):
@@ -100,7 +102,7 @@ def test_full_logits_formula_equals_masked_head(gold):
         ref = full_lm_loss(full, t["gradcase.target"], t["gradcase.mask"], 0.1)
         examples = read_encoded(DATA, 16)
         b = collate([examples[i] for i in info["gradcase_ids"]])
-        ours = MaskedLMLoss(model)(b.input_ids, b.position_ids, b.targets, b.mask, 0.1)
+        ours = MaskedLMLoss(model)(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, 0.1)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
     assert ref.item() == pytest.approx(info["gradcase_loss_ls0.1"], rel=2e-6)
 
