@@ -61,12 +61,39 @@ def load_run(run_dir: str | Path, split: str = "test") -> dict:
     run["model"] = recipe.get("model")
     run["method"] = recipe.get("method")
     run["random_model"] = bool(recipe.get("random_model"))
-    run["synthetic_data"] = bool(recipe.get("synthetic_data"))
+    source = _read_data_source(Path(run["dir"]))
+    run["data_source"] = source
+    run["synthetic_data"] = bool(recipe.get("synthetic_data") or source.get("synthetic_data"))
     summary = run["summary"] or {}
     run["trainable_params"] = summary.get("trainable_params", recipe.get("trainable_params"))
     run["paper_param_count"] = recipe.get("paper_param_count")
     run["metrics"] = flatten_metrics(scores.get("metrics"))
     return run
+
+
+def _read_data_source(run_dir: Path) -> dict:
+    """The pipeline's ``data_source.json`` (where the raw data came from, which split trained, record limits)."""
+    path = run_dir / "data_source.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise InputFileError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
+
+
+def data_line(run: dict) -> str | None:
+    """One sentence on the data a run used, when the pipeline recorded it."""
+    source = run.get("data_source") or {}
+    if not source:
+        return None
+    text = f"Data: {source.get('source', '?')}"
+    if source.get("raw_dir"):
+        text += f" (`{source['raw_dir']}`)"
+    if source.get("train_split", "train") != "train":
+        text += f"; trained on the **{source['train_split']}** split because no train split was available"
+    limits = {k: v for k, v in (source.get("limits") or {}).items() if v}
+    if limits:
+        text += "; first records only: " + ", ".join(f"{k} {v}" for k, v in limits.items())
+    return text + "."
 
 
 def flatten_metrics(metrics: dict | None) -> dict[str, float | None]:
@@ -163,6 +190,8 @@ def render_markdown(runs: list[dict], chart: str | None) -> str:
         lines += ["", f"## {r['name']}", ""]
         if r["missing"]:
             lines += [f"Missing: {', '.join(r['missing'])}.", ""]
+        if data_line(r):
+            lines += [data_line(r), ""]
         s = r["summary"] or {}
         if s:
             lines += [f"Final train loss {_fmt(s.get('final_train_loss'), 4)}, final valid loss "
@@ -272,7 +301,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, spli
     write_json(out / "report.json", {
         "headline": headline(runs),
         "split": split,
-        "runs": [{k: r[k] for k in ("name", "dir", "dataset", "model", "method", "random_model", "synthetic_data",
+        "runs": [{k: r[k] for k in ("name", "dir", "dataset", "model", "method", "random_model", "synthetic_data", "data_source",
                                     "trainable_params", "paper_param_count", "paper_label", "comparison", "missing",
                                     "loss_png")}
                  | {"train_time_s": (r["summary"] or {}).get("train_time_s"),

@@ -92,7 +92,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return {
         "trainable": torch.load(path / "trainable.pt", map_location="cpu", weights_only=True),
         "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
-        "rng": torch.load(path / "rng.pt", map_location="cpu", weights_only=False),
+        "rng": torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
         "state": json.loads((path / "state.json").read_text(encoding="utf-8")),
     }
 

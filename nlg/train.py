@@ -17,14 +17,11 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
-import os
 import random
 import re
 import shutil
 import sys
 import time
-import types
 import typing
 from pathlib import Path
 
@@ -34,10 +31,11 @@ from tqdm import tqdm
 from nlg import distributed as dist_utils
 from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, read_encoded, total_steps, valid_batches
 from nlg.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nlg.config import DATASETS, TrainConfig, default_data_dir, paper_train_config
+from nlg.config import DATASETS, METHODS, TrainConfig, default_data_dir, paper_train_config
 from nlg.io_utils import atomic_open, write_json
 from nlg.loss import MaskedLMLoss
 from nlg.methods import get_method
+from nlg.methods.counts import count_line, exact_counts
 from nlg.models import is_random_model, load_model
 from nlg.optim import SCHEDULES, build_optimizer, set_lr
 
@@ -45,6 +43,7 @@ from nlg.optim import SCHEDULES, build_optimizer, set_lr
 RESUME_MAY_CHANGE = {"resume", "save_interval", "log_interval", "out_dir", "train_data", "valid_data"}
 OUR_OUTPUTS = ("recipe.json", "log.jsonl", "checkpoints", "adapter", "peft_adapter", "train_summary.json")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHOICES = {"dataset": DATASETS, "method": METHODS, "precision": tuple(PRECISIONS), "scheduler": SCHEDULES}
 
 
 class TrainError(RuntimeError):
@@ -184,6 +183,10 @@ class Trainer:
         if self.mode == "resume":
             _check_resume_config(cfg, self.run_dir)
 
+        for path in (cfg.train_data, cfg.valid_data):
+            if not Path(path).is_file():
+                raise TrainError(f"{path}: no such file; prepare the data with `python -m data.{cfg.dataset}.prepare` "
+                                 "or point --train-data / --valid-data at encoded JSONL files")
         self.train_examples = read_encoded(cfg.train_data, cfg.seq_len)
         self.valid_examples = read_encoded(cfg.valid_data, cfg.seq_len)
         self.total_steps = total_steps(len(self.train_examples), cfg.batch_size, cfg.epochs, cfg.grad_acc,
@@ -235,11 +238,13 @@ class Trainer:
             "synthetic_data": _is_synthetic(cfg.train_data),
             "trainable_params": sum(p.numel() for p in self.params),
             "paper_param_count": self.method.paper_param_count(cfg, self.model.config),
+            "saved_params": exact_counts(cfg, self.model)[1],  # prefix-layer trains an MLP, saves the prefixes
             "world_size": self.dist.world,
             "total_steps": self.total_steps,
             "train_examples": len(self.train_examples),
             "valid_examples": len(self.valid_examples),
         })
+        self.info(count_line(cfg, self.model))  # exact counts next to the paper's formula and Table 3 figure
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "recipe.json", recipe)
         with atomic_open(self.run_dir / "log.jsonl") as handle:
@@ -482,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
             kind = base[0] if isinstance(base[0], type) else str
-            p.add_argument(_flag(f.name), type=kind, help=help_text)
+            p.add_argument(_flag(f.name), type=kind, help=help_text, choices=CHOICES.get(f.name))
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)")
     p.add_argument("--overwrite", action="store_true", help="discard this run folder's training outputs and start over")
     p.add_argument("--stop-after", type=int, default=None,

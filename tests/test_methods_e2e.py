@@ -86,6 +86,7 @@ def test_trains_saves_reloads_and_decodes_the_same(method, e2e_data, tmp_path):
         assert {k: tuple(v.shape) for k, v in saved.items()} == {KV_KEY: (c.n_layer, 2, c.n_head, 4, c.n_embd // c.n_head)}
     else:
         assert set(saved) == set(after)
+    assert recipe["saved_params"] == sum(v.numel() for v in saved.values())
 
     decode = DecodeConfig(beam=3, max_new_tokens=6, length_penalty=0.9, no_repeat_ngram_size=4)
     trained = get_method(method).for_inference(copy.deepcopy(trainer.model))

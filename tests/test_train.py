@@ -17,7 +17,7 @@ from nlg.config import TrainConfig, paper_train_config
 from nlg.io_utils import InputFileError
 from nlg.loss import MASK_EPS, full_lm_loss, masked_lm_loss
 from nlg.optim import AdamW, lr_factor
-from nlg.train import Trainer, TrainError, build_parser, config_from_args, train
+from nlg.train import TrainError, build_parser, config_from_args, train
 from tests.conftest import FIXTURES, SHARED_DATA
 
 DATA = FIXTURES / "authors_train_step" / "train.jsonl"  # 13 invented examples
@@ -264,3 +264,14 @@ def test_training_loss_falls_on_e2e(tmp_path):
     valid = [x["valid_loss"] for x in log if "valid_loss" in x]
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.08
     assert valid[-1] < valid[0]
+
+
+def test_bucket_by_length_is_a_deterministic_regrouping_of_the_same_epoch():
+    examples = read_encoded(DATA, 512)
+    plain = EpochPlan(examples, 2, 110, 1, 0, 1, random.Random(911))
+    buckets = [EpochPlan(examples, 2, 110, 1, 0, 1, random.Random(911), bucket=50) for _ in range(2)]
+    assert buckets[0].batches == buckets[1].batches != plain.batches
+    assert sorted(i for b in buckets[0].batches for i in b) == sorted(i for b in plain.batches for i in b)
+    spread = lambda plan: sum(max(len(examples[i].input) for i in b) - min(len(examples[i].input) for i in b)
+                              for b in plan.batches)
+    assert spread(buckets[0]) < spread(plain)  # rows of a batch have close lengths: less padding

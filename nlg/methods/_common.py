@@ -18,11 +18,6 @@ def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def count_trainable(model: nn.Module) -> int:
-    """Number of parameters the optimizer updates (shared tensors counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def _listing(keys: list[str]) -> str:
     return ", ".join(keys[:4]) + (" …" if len(keys) > 4 else "") if keys else "none"
 

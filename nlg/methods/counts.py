@@ -92,7 +92,7 @@ def _flags(flags: dict) -> str:
 
 def main(argv=None) -> int:
     argparse.ArgumentParser(prog="python -m nlg.methods.counts", description=__doc__.split("\n")[0]).parse_args(argv)
-    print(f"| model | method | flags | paper | paper formula | trained | saved |")
+    print("| model | method | flags | paper | paper formula | trained | saved |")
     print("|---|---|---|---|---|---|---|")
     for r in table():
         print(f"| {r['card']} | {r['method']} | {_flags(r['flags'])} | {r['paper'] / 1e6:.2f}M | {r['formula']:,} "

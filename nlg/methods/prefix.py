@@ -144,8 +144,8 @@ def context_end(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     attended = mask.bool()
     is_eos = (input_ids == EOS_ID) & attended
     n = input_ids.shape[1]
-    last = n - 1 - attended.flip(1).to(torch.int8).argmax(1)
-    return torch.where(is_eos.any(1), is_eos.to(torch.int8).argmax(1), last)
+    last = n - 1 - attended.flip(1).int().argmax(1)
+    return torch.where(is_eos.any(1), is_eos.int().argmax(1), last)
 
 
 def insert_special_tokens(spec: PrefixEmbeddings, embeds, mask, pos, input_ids, l_p: int, l_i: int):
