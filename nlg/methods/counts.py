@@ -90,8 +90,24 @@ def _flags(flags: dict) -> str:
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items()) or "(none)"
 
 
+def table3_runs(card: str) -> list[tuple[str, str, str]]:
+    """(method, run name, trainer flags) for every Table 3 row of ``card``: what scripts/table3.sh runs."""
+    runs = []
+    for row_card, method, figure, flags in NEAREST_SETTINGS:
+        if row_card == card:
+            name = f"{method}-{figure / 1e6:.2f}M"
+            runs.append((method, name, " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())))
+    return runs
+
+
 def main(argv=None) -> int:
-    argparse.ArgumentParser(prog="python -m nlg.methods.counts", description=__doc__.split("\n")[0]).parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m nlg.methods.counts", description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", metavar="CARD", help="print 'method<TAB>run name<TAB>flags' per Table 3 row")
+    args = parser.parse_args(argv)
+    if args.settings:
+        for method, name, flags in table3_runs(args.settings):
+            print(f"{method}\t{name}\t{flags}")
+        return 0
     print("| model | method | flags | paper | paper formula | trained | saved |")
     print("|---|---|---|---|---|---|---|")
     for r in table():
