@@ -118,9 +118,11 @@ class _BeamLayer(DynamicLayer):
     and reordering beams moves only the generated columns (the prompt columns are equal for all beams of a prompt).
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, extra: int):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, extra: int,
+                 scratch: torch.Tensor):
         super().__init__()
         n, heads, length, dim = keys.shape
+        self.scratch = scratch  # rows x heads x extra x dim, shared by all layers (used one at a time)
         self.kbuf = keys.new_empty((rows.numel(), heads, length + extra, dim))
         self.vbuf = values.new_empty((rows.numel(), heads, length + extra, values.shape[-1]))
         self.kbuf[:, :, :length] = keys[rows]
@@ -145,10 +147,14 @@ class _BeamLayer(DynamicLayer):
         return self.length
 
     def reorder_beams(self, parent: torch.Tensor) -> None:
-        """Permute rows among the beams of each prompt (only the generated columns differ)."""
+        """Permute rows among the beams of each prompt (only the generated columns differ): gather them into the
+        shared scratch buffer, then copy back (several times faster than an indexed assignment on CPU)."""
         if self.length > self.fixed:
-            self.kbuf[:, :, self.fixed:self.length] = self.kbuf[parent, :, self.fixed:self.length]
-            self.vbuf[:, :, self.fixed:self.length] = self.vbuf[parent, :, self.fixed:self.length]
+            span = slice(self.fixed, self.length)
+            tmp = self.scratch[: parent.numel(), :, : self.length - self.fixed]
+            for buf in (self.kbuf, self.vbuf):
+                torch.index_select(buf[:, :, span], 0, parent, out=tmp)
+                buf[:, :, span].copy_(tmp)
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep (and reorder) arbitrary rows: used when settled prompts leave the batch."""
@@ -163,9 +169,14 @@ def _plain_dynamic(cache) -> bool:
 
 def _to_beam_cache(cache, rows: torch.Tensor, extra: int) -> bool:
     """Swap a plain DynamicCache's layers for ``_BeamLayer`` buffers holding ``rows``; False if not plain."""
-    if not _plain_dynamic(cache):
+    if not _plain_dynamic(cache) or not cache.layers:
         return False
-    cache.layers = [_BeamLayer(layer.keys, layer.values, rows, extra) for layer in cache.layers]
+    shapes = {(layer.keys.shape[1], layer.keys.shape[3], layer.values.shape[3]) for layer in cache.layers}
+    if len(shapes) != 1 or shapes.pop()[1] != cache.layers[0].values.shape[3]:
+        return False
+    first = cache.layers[0].keys
+    scratch = first.new_empty((rows.numel(), first.shape[1], extra, first.shape[3]))
+    cache.layers = [_BeamLayer(layer.keys, layer.values, rows, extra, scratch) for layer in cache.layers]
     return True
 
 

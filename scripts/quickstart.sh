@@ -10,8 +10,8 @@ export MODEL="${MODEL:-tiny}" METHOD="${METHOD:-lora}" RUN_DIR="${RUN_DIR:-runs/
 if [ -z "${RAW_DIR:-}" ] && [ -d ../shared/data/e2e ] && [ ! -f ../shared/data/e2e/train.txt ]; then
   export TRAIN_FROM="${TRAIN_FROM:-valid}"
 fi
-export TRAIN_LIMIT="${TRAIN_LIMIT:-1600}" VALID_LIMIT="${VALID_LIMIT:-200}" TEST_LIMIT="${TEST_LIMIT:-60}"
+export TRAIN_LIMIT="${TRAIN_LIMIT:-960}" VALID_LIMIT="${VALID_LIMIT:-100}" TEST_LIMIT="${TEST_LIMIT:-40}"
 export GENERATE_ARGS="${GENERATE_ARGS:---batch-size 8}"
-bash scripts/e2e.sh --max-steps "${STEPS:-200}" --warmup-steps 20 --save-interval 100 --log-interval 20 "$@"
+bash scripts/e2e.sh --max-steps "${STEPS:-120}" --warmup-steps 10 --save-interval 60 --log-interval 10 "$@"
 echo
 head -n 5 "$RUN_DIR/report.md"
