@@ -71,3 +71,14 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:
     return [record for _, record in iter_jsonl(path)]
+
+
+def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """One short connection attempt: lets offline machines fail fast instead of retrying for minutes."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False

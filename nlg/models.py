@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from nlg.io_utils import host_reachable
 from nlg.tokenizer import EOS_ID, VOCAB_SIZE
 
 
@@ -138,11 +138,7 @@ def _find_original_bin(card: ModelCard) -> Path | None:
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return host_reachable(host, timeout=timeout)
 
 
 def _from_hub(hub_id: str) -> GPT2LMHeadModel:

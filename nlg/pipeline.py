@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nlg.config import DATASETS, METHODS
-from nlg.io_utils import write_json
+from nlg.io_utils import host_reachable, write_json
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("NLG_SHARED_DIR", REPO.parent / "shared")) / "data"
 SHARED_SUBDIR = {"e2e": "e2e", "webnlg": "webnlg_challenge_2017", "dart": "dart"}
 SPLITS = ("train", "valid", "test")
 
@@ -99,13 +98,9 @@ def run_stage(name: str, cmd: list[str], run_dir: Path) -> None:
 # ---------------------------------------------------------------- data
 def _online(host: str = "raw.githubusercontent.com", timeout: float = 3.0) -> bool:
     """Whether the official files could be downloaded (one short connection attempt)."""
-    if os.environ.get("NLG_OFFLINE") or os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+    if os.environ.get("NLG_OFFLINE", "0") not in ("0", ""):
         return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return host_reachable(host, timeout=timeout)
 
 
 def _raw_source(opts: PipelineOptions, run_dir: Path) -> tuple[Path | None, str]:

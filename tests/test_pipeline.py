@@ -91,6 +91,22 @@ def test_dataset_script_end_to_end(dataset, tmp_path):
 
 
 @pytest.mark.slow
+def test_offline_fresh_machine_uses_the_synthetic_sample(tmp_path):
+    """No RAW_DIR, no ../shared, no network: the E2E script generates and labels its own synthetic sample."""
+    run_dir = tmp_path / "run"
+    env = _env(run_dir, "e2e", NLG_SHARED_DIR=str(tmp_path / "no-shared"))
+    env.pop("RAW_DIR", None)
+    env.pop("TRAIN_FROM", None)
+    proc = subprocess.run(_script("e2e"), env=env, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_artefacts(run_dir, "e2e")
+    source = json.loads((run_dir / "data_source.json").read_text())
+    assert source["source"] == "synthetic" and source["synthetic_data"] is True
+    assert json.loads((run_dir / "recipe.json").read_text())["synthetic_data"] is True
+    assert "synthetic data" in (run_dir / "report.md").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
 def test_killed_during_training_resumes_to_the_same_adapter(tmp_path):
     straight = tmp_path / "straight"
     proc = subprocess.run(_script("e2e"), env=_env(straight, "e2e"), cwd=REPO, capture_output=True, text=True)
