@@ -72,6 +72,20 @@ def test_generate_writes_the_merged_adapters_beam_search(run_dir):
     assert summary["decode"]["length_penalty"] == 0.9 and summary["random_model"] is True
 
 
+def test_authors_checkpoint_decodes_like_our_adapter_folder(run_dir, tmp_path):
+    """An authors'-format .pt (their gpt2_ft.py layout) given as --adapter: same predictions as RUN/adapter."""
+    from nlg.adapter_io import export_authors_checkpoint, load_adapter
+
+    model, _ = load_adapter(run_dir)
+    pt = export_authors_checkpoint(model, tmp_path / "model.10.pt")
+    ours, theirs = tmp_path / "ours.jsonl", tmp_path / "theirs.jsonl"
+    common = ["--dataset", "e2e", "--data", str(run_dir / "test.jsonl"), *SHORT]
+    assert generate.main(["--run-dir", str(run_dir), *common, "--output", str(ours)]) == 0
+    assert generate.main(["--run-dir", str(tmp_path / "authors-run"), "--adapter", str(pt), "--model", "tiny",
+                          *common, "--output", str(theirs)]) == 0
+    assert theirs.read_text() == ours.read_text()
+
+
 def test_errors_are_clear(run_dir, tmp_path, capsys):
     long_data = tmp_path / "long.jsonl"
     long_data.write_text(json.dumps({"context": [5, 6]}) + "\n" + json.dumps({"context": [7] * 501}) + "\n")
