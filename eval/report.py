@@ -9,11 +9,10 @@ into --out for several, plus a bar chart across the runs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from nlg.io_utils import InputFileError, atomic_open, iter_jsonl, write_json
+from nlg.io_utils import InputFileError, atomic_open, iter_jsonl, read_json_object, write_json
 
 from .paper import PaperRow, ours_in_paper_scale, paper_row
 
@@ -26,13 +25,6 @@ METRIC_ORDER = {
 }
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputFileError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
-
-
 def load_run(run_dir: str | Path, split: str = "test") -> dict:
     """Everything the report needs from one run folder; absent files give None (their names listed in
     'missing')."""
@@ -43,7 +35,7 @@ def load_run(run_dir: str | Path, split: str = "test") -> dict:
     for key, fname in (("recipe", "recipe.json"), ("summary", "train_summary.json"),
                        ("scores", f"scores.{split}.json")):
         path = run_dir / fname
-        run[key] = _read_json(path) if path.is_file() else None
+        run[key] = read_json_object(path, missing_ok=True)
         if run[key] is None:
             run["missing"].append(fname)
     log_path = run_dir / "log.jsonl"
@@ -73,11 +65,7 @@ def load_run(run_dir: str | Path, split: str = "test") -> dict:
 
 def _read_data_source(run_dir: Path) -> dict:
     """The pipeline's ``data_source.json`` (where the raw data came from, which split trained, record limits)."""
-    path = run_dir / "data_source.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise InputFileError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
+    return read_json_object(run_dir / "data_source.json", missing_ok=True) or {}
 
 
 def data_line(run: dict) -> str | None:

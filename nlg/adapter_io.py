@@ -28,7 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from nlg.config import TrainConfig
-from nlg.io_utils import InputFileError, atomic_open, write_json
+from nlg.io_utils import InputFileError, atomic_open, read_json_object, write_json
 from nlg.lora import lora_settings
 from nlg.methods import get_method
 
@@ -83,18 +83,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return st_load(path.read_bytes())
     except Exception as exc:  # safetensors raises its own error types
         raise InputFileError(path, f"not a readable safetensors file ({exc})") from exc
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise InputFileError(path, "no such file")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputFileError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
-    if not isinstance(obj, dict):
-        raise InputFileError(path, "expected a JSON object")
-    return obj
 
 
 # --------------------------------------------------------------------------------------------- our format
@@ -207,7 +195,7 @@ def read_adapter(path: str | Path, base_model: str | None = None, lora_alpha: fl
         return StoredAdapter(ckpt.state, cfg, shape, where, where)
 
     config_path, weights_path = where / CONFIG_FILE, where / ADAPTER_FILE
-    config = _read_json(config_path)
+    config = read_json_object(config_path)
     if config.get("format") != FORMAT:
         raise InputFileError(config_path, f"not an {FORMAT} config (format={config.get('format')!r})")
     if not isinstance(config.get("format_version"), int) or config["format_version"] > FORMAT_VERSION:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from nlg.beam import PromptError, SearchStats, beam_search, check_prompt, context_window
 from nlg.config import DATASETS, DecodeConfig, default_data_dir, paper_decode_config
-from nlg.io_utils import InputFileError, iter_jsonl, write_json, write_jsonl
+from nlg.io_utils import InputFileError, iter_jsonl, read_json_object, write_json, write_jsonl
 from nlg.models import ModelLoadError
 
 
@@ -29,16 +28,7 @@ class GenerateError(RuntimeError):
 
 
 def read_recipe(run_dir: Path) -> dict:
-    path = run_dir / "recipe.json"
-    if not path.is_file():
-        return {}
-    try:
-        recipe = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputFileError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
-    if not isinstance(recipe, dict):
-        raise InputFileError(path, "expected a JSON object")
-    return recipe
+    return read_json_object(run_dir / "recipe.json", missing_ok=True) or {}
 
 
 def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[int], list[list[int]]]:

@@ -82,3 +82,19 @@ def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def read_json_object(path: str | os.PathLike, missing_ok: bool = False) -> dict | None:
+    """A JSON object from a file: bad JSON names file:line; a missing file is an error, or None if missing_ok."""
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise InputFileError(path, "no such file")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputFileError(path, f"not valid JSON ({exc.msg})", exc.lineno) from None
+    if not isinstance(obj, dict):
+        raise InputFileError(path, "expected a JSON object")
+    return obj
