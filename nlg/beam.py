@@ -10,21 +10,28 @@ The rules (each one reproduces a detail of their search; tests compare token for
   finished hypothesis (a candidate replaces the best only if strictly greater; the first beam wins ties) and that
   beam's score becomes -inf; after the last step every beam competes the same way.
 
-What makes it fast, with identical output: prompts are batched (left-padded, with an attention mask and explicit
-position ids), the prompt is run once per prompt instead of once per beam, a KV cache is reordered for the beams,
-identical prompts are decoded once, and a prompt stops as soon as no live beam can still beat its best finished
-hypothesis: a live beam's score can only fall, so ``score / max(len ** lp)`` over the lengths still possible bounds
-anything it can produce. Settled prompts leave the batch at once.
+What makes it fast, with identical output: prompts are batched (left-padded, with explicit position ids), the
+prompt is run once per prompt instead of once per beam and its keys/values are kept once per prompt (the beams'
+attention reads them from there), generated keys/values sit in step-major buffers that a reorder rewrites only where
+a row's ancestry changed, buffers are reused across batches (fresh memory costs page faults), the log and the sum
+with the beam scores are taken for the k best tokens of each beam only (no other token can be among a prompt's k
+winners), identical prompts are decoded once, and a prompt stops as soon as no live beam can still beat its best
+finished hypothesis: a live beam's score can only fall, so ``score / max(len ** lp)`` over the lengths still
+possible bounds anything it can produce. Settled prompts leave the batch at once. (Floating-point sums in the
+attention run in another order than transformers' kernel, as any two attention kernels do; the search's outputs are
+checked token for token against the authors' code and against the plain path.)
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+from transformers import AttentionInterface
 from transformers.activations import NewGELUActivation
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
@@ -100,8 +107,10 @@ def ban_repeated_ngrams(logits: torch.Tensor, history: torch.Tensor, n: int) -> 
         logits[r, history[:, n - 1:][r, c]] = -math.inf
 
 
-def step_log_probs(logits: torch.Tensor, history: torch.Tensor | None, step: int, cfg: DecodeConfig) -> torch.Tensor:
-    """The authors' per-step scores: penalties and bans on the logits, then ``log(softmax(.))`` in fp32."""
+def step_probs(logits: torch.Tensor, history: torch.Tensor | None, step: int, cfg: DecodeConfig,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """The authors' per-step distribution: penalties and bans on the logits (in place), then ``softmax`` in fp32
+    (into ``out`` when given)."""
     logits = logits.float()
     if history is not None:
         apply_repetition_penalty(logits, history, cfg.repetition_penalty)
@@ -109,74 +118,221 @@ def step_log_probs(logits: torch.Tensor, history: torch.Tensor | None, step: int
         logits[:, list(cfg.eos_token_ids)] = -math.inf
     if history is not None:
         ban_repeated_ngrams(logits, history, cfg.no_repeat_ngram_size)
-    return torch.log(torch.softmax(logits, dim=-1))
+    if out is not None and out.shape == logits.shape and out.dtype == logits.dtype:
+        return torch.softmax(logits, dim=-1, out=out)
+    return torch.softmax(logits, dim=-1)
+
+
+def step_log_probs(logits: torch.Tensor, history: torch.Tensor | None, step: int, cfg: DecodeConfig) -> torch.Tensor:
+    """The authors' per-step scores, ``log(softmax(.))`` in fp32 (the search takes the log of the few
+    candidates it can pick only: see ``_search_batch``)."""
+    return torch.log(step_probs(logits, history, step, cfg))
 
 
 # ----------------------------------------------------------------------------------- exact speed-ups
-class _BeamLayer(DynamicLayer):
-    """One layer's keys/values in a preallocated buffer: a new token is written in place instead of concatenated,
-    and reordering beams moves only the generated columns (the prompt columns are equal for all beams of a prompt).
+ATTENTION_NAME = "nlg_shared_prefix"
+
+
+class _BufferPool:
+    """Generated-key/value buffers that outlive one batch: each search reuses the memory of the previous batch,
+    so the operating system maps (and zeroes) those pages once per call instead of once per batch."""
+
+    def __init__(self):
+        self.flat: dict[tuple, torch.Tensor] = {}
+
+    def get(self, key: tuple, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A contiguous tensor of ``shape`` on the storage kept under ``key`` (grown when too small)."""
+        numel = math.prod(shape)
+        buf = self.flat.get(key)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.flat[key] = like.new_empty(numel)
+        return buf[:numel].view(shape)
+
+
+class _SharedPrefixLayer(DynamicLayer):
+    """One layer's keys/values for beam search, stored so that nothing is copied per beam.
+
+    The prompt's keys/values are kept once per prompt (all beams of a prompt share them); the generated ones live
+    in a step-major buffer (step, row, head, dim) written in place. Reordering the beams rewrites only the
+    (step, row) vectors whose source changes (beams share most of their history, so that is a small part), and
+    :func:`_shared_prefix_attention` reads the two parts.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, extra: int,
-                 scratch: torch.Tensor):
+    def __init__(self, index: int, keys: torch.Tensor, values: torch.Tensor, prompt_bias: torch.Tensor, beams: int,
+                 extra: int, pool: _BufferPool):
         super().__init__()
-        n, heads, length, dim = keys.shape
-        self.scratch = scratch  # rows x heads x extra x dim, shared by all layers (used one at a time)
-        self.kbuf = keys.new_empty((rows.numel(), heads, length + extra, dim))
-        self.vbuf = values.new_empty((rows.numel(), heads, length + extra, values.shape[-1]))
-        self.kbuf[:, :, :length] = keys[rows]
-        self.vbuf[:, :, :length] = values[rows]
-        self.fixed = self.length = length
+        n, heads, length, _ = keys.shape
+        self.index, self.pool = index, pool
+        self.prefix_keys, self.prefix_values = keys, values  # prompts x heads x length x dim
+        self.prompt_bias = prompt_bias  # prompts x 1 x 1 x length: 0, or -inf on left padding
+        self.beams, self.extra, self.fixed, self.generated = beams, extra, length, 0
+        self.rows = n * beams
+        self.gen_keys, self.gen_values = self._buffer(0), self._buffer(1)
         self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self._expose()
 
-    def _expose(self) -> None:
-        self.keys = self.kbuf[:, :, : self.length]
-        self.values = self.vbuf[:, :, : self.length]
+    def _buffer(self, kind: int) -> torch.Tensor:
+        like = self.prefix_keys if kind == 0 else self.prefix_values
+        return self.pool.get((self.index, kind), (self.extra, self.rows, like.shape[1], like.shape[3]), like)
+
+    @property
+    def keys(self) -> torch.Tensor:  # what generic cache code may inspect: shape and dtype
+        return self.prefix_keys
+
+    @keys.setter
+    def keys(self, value) -> None:  # DynamicLayer.__init__ assigns it
+        pass
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.prefix_values
+
+    @values.setter
+    def values(self, value) -> None:
+        pass
 
     def update(self, key_states, value_states, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        self.kbuf[:, :, self.length:end] = key_states
-        self.vbuf[:, :, self.length:end] = value_states
-        self.length = end
-        self._expose()
-        return self.keys, self.values
+        """Store the new token's key/value (one position per row) at the next step."""
+        if key_states.shape[-2] != 1:
+            raise RuntimeError("the shared-prefix beam cache takes one new position per step")
+        s = self.generated
+        self.gen_keys[s].copy_(key_states[:, :, 0])
+        self.gen_values[s].copy_(value_states[:, :, 0])
+        self.generated = s + 1
+        return key_states, value_states
+
+    def generated_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """steps x rows x heads x dim views of the generated keys and values."""
+        return self.gen_keys[: self.generated], self.gen_values[: self.generated]
 
     def get_seq_length(self) -> int:
-        return self.length
+        return self.fixed + self.generated
 
-    def reorder_beams(self, parent: torch.Tensor) -> None:
-        """Permute rows among the beams of each prompt (only the generated columns differ): gather them into the
-        shared scratch buffer, then copy back (several times faster than an indexed assignment on CPU)."""
-        if self.length > self.fixed:
-            span = slice(self.fixed, self.length)
-            tmp = self.scratch[: parent.numel(), :, : self.length - self.fixed]
-            for buf in (self.kbuf, self.vbuf):
-                torch.index_select(buf[:, :, span], 0, parent, out=tmp)
-                buf[:, :, span].copy_(tmp)
+    def move_rows(self, src: torch.Tensor, dst: torch.Tensor | None, rows: int) -> None:
+        """Rewrite generated vectors, the buffer seen as a (step x row) matrix of head x dim vectors.
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep (and reorder) arbitrary rows: used when settled prompts leave the batch."""
-        self.kbuf = self.kbuf[rows]
-        self.vbuf = self.vbuf[rows]
-        self._expose()
+        With ``dst``: vector ``dst[i]`` becomes the current vector ``src[i]`` (all sources are read first).
+        Without: the buffer becomes ``rows`` rows whose vectors are ``src`` in (step, row) order (a full gather,
+        used when settled prompts leave)."""
+        old_rows = self.rows
+        for kind in (0, 1):
+            buf = self.gen_keys if kind == 0 else self.gen_values
+            width = buf.shape[2] * buf.shape[3]
+            matrix = buf.view(self.extra * old_rows, width)
+            moved = self.pool.get(("scratch",), (src.numel(), width), buf)
+            torch.index_select(matrix, 0, src, out=moved)
+            if dst is not None:
+                matrix.index_copy_(0, dst, moved)
+            else:
+                self.rows = rows
+                buf = self._buffer(kind)
+                buf.view(self.extra * rows, width)[: src.numel()].copy_(moved)
+                if kind == 0:
+                    self.gen_keys = buf
+                else:
+                    self.gen_values = buf
+
+    def select_prompts(self, prompts: torch.Tensor) -> None:
+        """Keep the given prompts' keys/values (settled prompts leave the batch)."""
+        self.prefix_keys, self.prefix_values = self.prefix_keys[prompts], self.prefix_values[prompts]
+        self.prompt_bias = self.prompt_bias[prompts]
+
+
+class _BeamOrigins:
+    """Which (step, row) slot each generated vector of each row was first written to: two rows hold the same
+    vector at a step exactly when their origins there are equal, so a reorder need only move the others."""
+
+    def __init__(self, steps: int, rows: int, device):
+        self.origin = torch.empty((steps, rows), dtype=torch.long, device=device)
+
+    def written(self, step: int) -> None:
+        self.origin[step] = torch.arange(self.origin.shape[1], device=self.origin.device)
+
+    def reorder(self, parent: torch.Tensor, steps: int, same_rows: bool):
+        """(src, dst) for :meth:`_SharedPrefixLayer.move_rows` that give row r the history of row parent[r]."""
+        rows = self.origin.shape[1]
+        new = self.origin[:steps, parent]
+        if not same_rows:
+            self.origin = torch.cat((new, self.origin.new_empty((self.origin.shape[0] - steps, parent.numel()))))
+            src = (torch.arange(steps, device=parent.device)[:, None] * rows + parent[None, :]).view(-1)
+            return src, None
+        s_idx, r_idx = (new != self.origin[:steps]).nonzero(as_tuple=True)
+        self.origin[:steps] = new
+        return s_idx * rows + parent[r_idx], s_idx * rows + r_idx
+
+
+def _shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention of one new position per row over its prompt (shared by the prompt's beams) and its own
+    generated positions: softmax(q K^T * scaling) V over both parts at once, as the plain attention computes it.
+
+    Registered under ``ATTENTION_NAME``; used only while a search swaps it in (see ``_shared_prefix``)."""
+    layer: _SharedPrefixLayer = module._nlg_beam_layer
+    rows, heads, _, dim = query.shape
+    beams = layer.beams
+    prompts = rows // beams
+    if scaling is None:
+        scaling = dim ** -0.5
+    q = query.reshape(prompts, beams, heads, dim).transpose(1, 2)  # prompts x heads x beams x dim
+    scores_p = torch.matmul(q, layer.prefix_keys.transpose(-1, -2))  # prompts x heads x beams x length
+    gen_k, gen_v = layer.generated_kv()  # steps x rows x heads x dim
+    t = gen_k.shape[0]
+    scores_g = torch.matmul(query, gen_k.permute(1, 2, 3, 0))  # rows x heads x 1 x steps
+    scores_g = scores_g.view(prompts, beams, heads, t).transpose(1, 2)
+    scores = torch.cat((scores_p, scores_g), dim=-1).mul_(scaling)
+    scores[..., : layer.fixed] += layer.prompt_bias
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs[..., : layer.fixed], layer.prefix_values)  # prompts x heads x beams x dim
+    probs_g = probs[..., layer.fixed:].transpose(1, 2).reshape(rows, heads, 1, t)
+    out_g = torch.matmul(probs_g, gen_v.permute(1, 2, 0, 3))  # rows x heads x 1 x dim
+    out = out.transpose(1, 2).reshape(rows, heads, dim) + out_g.view(rows, heads, dim)
+    return out.unsqueeze(1), None  # rows x 1 x heads x dim, like the other attention functions
+
+
+AttentionInterface.register(ATTENTION_NAME, _shared_prefix_attention)
+
+
+@contextlib.contextmanager
+def _shared_prefix(model, cache):
+    """While decoding steps run: every attention module reads its ``_SharedPrefixLayer`` through
+    ``_shared_prefix_attention`` (a private copy of the config names it; the model's own config is untouched)."""
+    blocks = list(getattr(getattr(model, "transformer", None), "h", []))
+    attns = [block.attn for block in blocks]
+    config = copy.copy(attns[0].config)
+    config._attn_implementation = ATTENTION_NAME
+    saved = [(attn, attn.config) for attn in attns]
+    try:
+        for attn, layer in zip(attns, cache.layers):
+            attn.config = config
+            attn._nlg_beam_layer = layer
+        yield
+    finally:
+        for attn, old in saved:
+            attn.config = old
+            attn.__dict__.pop("_nlg_beam_layer", None)
 
 
 def _plain_dynamic(cache) -> bool:
     return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _to_beam_cache(cache, rows: torch.Tensor, extra: int) -> bool:
-    """Swap a plain DynamicCache's layers for ``_BeamLayer`` buffers holding ``rows``; False if not plain."""
-    if not _plain_dynamic(cache) or not cache.layers:
+def _to_shared_prefix_cache(model, cache, prompt_mask: torch.Tensor, beams: int, extra: int,
+                            pool: _BufferPool) -> bool:
+    """Swap a plain DynamicCache's layers (one row per prompt) for ``_SharedPrefixLayer`` buffers; False when the
+    cache or the model is not the plain GPT-2 layout this handles (the caller then falls back to the generic path).
+    """
+    blocks = list(getattr(getattr(model, "transformer", None), "h", []))
+    if not _plain_dynamic(cache) or not cache.layers or len(blocks) != len(cache.layers):
         return False
-    shapes = {(layer.keys.shape[1], layer.keys.shape[3], layer.values.shape[3]) for layer in cache.layers}
-    if len(shapes) != 1 or shapes.pop()[1] != cache.layers[0].values.shape[3]:
+    if any(getattr(block.attn, "layer_idx", None) != i or getattr(block.attn, "is_cross_attention", False)
+           or getattr(block.attn, "reorder_and_upcast_attn", False) for i, block in enumerate(blocks)):
+        return False
+    if any(layer.keys.shape[-2] != prompt_mask.shape[1] for layer in cache.layers):
         return False
     first = cache.layers[0].keys
-    scratch = first.new_empty((rows.numel(), first.shape[1], extra, first.shape[3]))
-    cache.layers = [_BeamLayer(layer.keys, layer.values, rows, extra, scratch) for layer in cache.layers]
+    bias = torch.zeros(prompt_mask.shape, dtype=first.dtype, device=first.device)
+    bias.masked_fill_(prompt_mask == 0, -math.inf)
+    bias = bias[:, None, None, :]
+    cache.layers = [_SharedPrefixLayer(i, layer.keys, layer.values, bias, beams, extra, pool)
+                    for i, layer in enumerate(cache.layers)]
     return True
 
 
@@ -208,8 +364,9 @@ def _fast_gelu(model):
 
 
 # ----------------------------------------------------------------------------------- the search
-def _model_step(model, input_ids, attention_mask, position_ids, cache):
-    """One forward pass; only the last position goes through the LM head."""
+def _model_step(model, input_ids, attention_mask, position_ids, cache, pool: _BufferPool | None = None):
+    """One forward pass; only the last position goes through the LM head (into a reused buffer when the head is
+    a plain bias-free linear layer: a fresh rows x vocabulary tensor each step costs page faults)."""
     out = model.transformer(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -218,7 +375,11 @@ def _model_step(model, input_ids, attention_mask, position_ids, cache):
         use_cache=True,
     )
     hidden = out.last_hidden_state[:, -1]
-    return model.lm_head(hidden), out.past_key_values
+    head = model.lm_head
+    if pool is not None and type(head) is torch.nn.Linear and head.bias is None and hidden.dim() == 2:
+        logits = pool.get(("logits",), (hidden.shape[0], head.weight.shape[0]), hidden)
+        return torch.mm(hidden, head.weight.t(), out=logits), out.past_key_values
+    return head(hidden), out.past_key_values
 
 
 class _Best:
@@ -235,7 +396,9 @@ class _Best:
 
 
 @torch.inference_mode()
-def _search_batch(model, prompts: list[list[int]], cfg: DecodeConfig, early_stop: bool, stats: SearchStats):
+def _search_batch(model, prompts: list[list[int]], cfg: DecodeConfig, early_stop: bool, stats: SearchStats,
+                  pool: _BufferPool | None = None):
+    pool = pool if pool is not None else _BufferPool()
     device = next(model.parameters()).device
     k, lp, max_len = cfg.beam, cfg.length_penalty, cfg.max_new_tokens
     eos = torch.tensor(sorted(set(cfg.eos_token_ids)), device=device)
@@ -257,84 +420,108 @@ def _search_batch(model, prompts: list[list[int]], cfg: DecodeConfig, early_stop
     row_lens = lens
     row_mask = mask
     steps = 0
-    for step in range(max_len):
-        steps += 1
-        stats.row_steps += logits.shape[0]
-        b = len(active)
-        logp = step_log_probs(logits, history, step, cfg)
-        vocab = logp.shape[-1]
-        if step == 0:
-            scores, flat = torch.topk(logp, k, dim=1, largest=True, sorted=True)  # beam 0 only
-            parent = torch.arange(b, device=device).repeat_interleave(k)  # prefill rows are one per prompt
-        else:
-            total = (beam_scores.unsqueeze(-1) + logp.view(b, k, vocab)).view(b, k * vocab)
-            scores, flat = torch.topk(total, k, dim=1, largest=True, sorted=True)
-            parent = ((flat // vocab) + torch.arange(b, device=device)[:, None] * k).view(-1)
-        tokens = (flat % vocab).view(-1)
-        history = tokens[:, None] if history is None else torch.cat((history[parent], tokens[:, None]), dim=1)
-        beam_scores = scores
-        cur_len = step + 1
+    fast = False
+    origins = None  # where each generated key/value vector came from (fast path)
+    with contextlib.ExitStack() as shared:
+        for step in range(max_len):
+            steps += 1
+            stats.row_steps += logits.shape[0]
+            b = len(active)
+            probs = step_probs(logits, history, step, cfg, pool.get(("probs",), logits.shape, logits.float()[:0]))
+            vocab = probs.shape[-1]
+            if step == 0:
+                top_p, top_tok = torch.topk(probs, k, dim=1, largest=True, sorted=True)  # beam 0 only
+                scores, tokens = torch.log(top_p), top_tok.view(-1)
+                parent = torch.arange(b, device=device).repeat_interleave(k)  # prefill rows are one per prompt
+            else:
+                # log is increasing, so a row's best children by probability are its best by score, and no row
+                # gives more than k of a prompt's k winners: the log and the sum are needed for k x k candidates
+                # per prompt only (the same values the full beam x vocabulary table would hold)
+                kk = min(k, vocab)
+                top_p, top_tok = torch.topk(probs, kk, dim=1, largest=True, sorted=True)
+                total = (beam_scores.unsqueeze(-1) + torch.log(top_p).view(b, k, kk)).view(b, k * kk)
+                scores, flat = torch.topk(total, k, dim=1, largest=True, sorted=True)
+                parent = ((flat // kk) + torch.arange(b, device=device)[:, None] * k).view(-1)
+                tokens = top_tok.view(b, k * kk).gather(1, flat).view(-1)
+            history = tokens[:, None] if history is None else torch.cat((history[parent], tokens[:, None]), dim=1)
+            beam_scores = scores
+            cur_len = step + 1
 
-        # finished hypotheses (the authors check every beam's last token after every step)
-        ended = torch.isin(tokens, eos).view(b, k)
-        last = cur_len == max_len
-        if bool(ended.any()) or last:
-            normed = (beam_scores / (cur_len ** lp)).tolist()
-            ended_list = ended.tolist()
-            hist_rows = None
-            for j in range(b):
-                for beam in range(k):
-                    if ended_list[j][beam]:
-                        if hist_rows is None:
-                            hist_rows = history.tolist()
-                        best.offer(active[j], normed[j][beam], hist_rows[j * k + beam])
-            beam_scores = beam_scores.masked_fill(ended, -math.inf)
-            if last:  # after the last step every remaining beam competes (finished ones are -inf by now)
+            # finished hypotheses (the authors check every beam's last token after every step)
+            ended = torch.isin(tokens, eos).view(b, k)
+            last = cur_len == max_len
+            if bool(ended.any()) or last:
                 normed = (beam_scores / (cur_len ** lp)).tolist()
-                hist_rows = history.tolist()
+                ended_list = ended.tolist()
+                hist_rows = None
                 for j in range(b):
                     for beam in range(k):
-                        best.offer(active[j], normed[j][beam], hist_rows[j * k + beam])
-                break
+                        if ended_list[j][beam]:
+                            if hist_rows is None:
+                                hist_rows = history.tolist()
+                            best.offer(active[j], normed[j][beam], hist_rows[j * k + beam])
+                beam_scores = beam_scores.masked_fill(ended, -math.inf)
+                if last:  # after the last step every remaining beam competes (finished ones are -inf by now)
+                    normed = (beam_scores / (cur_len ** lp)).tolist()
+                    hist_rows = history.tolist()
+                    for j in range(b):
+                        for beam in range(k):
+                            best.offer(active[j], normed[j][beam], hist_rows[j * k + beam])
+                    break
 
-        # settled prompts: no live beam can beat the best finished hypothesis any more
-        keep = list(range(b))
-        b_before = b
-        if early_stop:
-            denom = max((cur_len + 1) ** lp, max_len ** lp)
-            bound = (beam_scores / denom).tolist()
-            keep = [
-                j for j in range(b)
-                if best.score[active[j]] is None or any(s > best.score[active[j]] for s in bound[j])
-            ]
-            stats.stopped_early += b - len(keep)
-            if not keep:
-                break
-        if len(keep) < b:
-            sel = torch.tensor(keep, device=device)
-            rows = (sel[:, None] * k + torch.arange(k, device=device)[None, :]).view(-1)
-            active = [active[j] for j in keep]
-            beam_scores = beam_scores[sel]
-            history = history[rows]
-            parent = parent[rows]
-            tokens = tokens[rows]
-            b = len(keep)
-        # row_lens / row_mask are indexed by the parent rows of the cache (prompt rows at step 0)
-        if step == 0:
-            fast = _to_beam_cache(cache, parent, max_len)
+            # settled prompts: no live beam can beat the best finished hypothesis any more
+            keep = list(range(b))
+            b_before = b
+            if early_stop:
+                denom = max((cur_len + 1) ** lp, max_len ** lp)
+                bound = (beam_scores / denom).tolist()
+                keep = [
+                    j for j in range(b)
+                    if best.score[active[j]] is None or any(s > best.score[active[j]] for s in bound[j])
+                ]
+                stats.stopped_early += b - len(keep)
+                if not keep:
+                    break
+            sel = None
+            if len(keep) < b:
+                sel = torch.tensor(keep, device=device)
+                rows = (sel[:, None] * k + torch.arange(k, device=device)[None, :]).view(-1)
+                active = [active[j] for j in keep]
+                beam_scores = beam_scores[sel]
+                history = history[rows]
+                parent = parent[rows]
+                tokens = tokens[rows]
+                b = len(keep)
+            # row_lens / row_mask are indexed by the parent rows of the cache (prompt rows at step 0)
+            if step == 0:
+                fast = _to_shared_prefix_cache(model, cache, mask, k, max_len, pool)
+                if fast:
+                    shared.enter_context(_shared_prefix(model, cache))
+                else:
+                    cache.reorder_cache(parent)
             if not fast:
-                cache.reorder_cache(parent)
-        elif not fast:
-            cache.reorder_cache(parent)
-        elif len(keep) < b_before:
-            for layer in cache.layers:
-                layer.select_rows(parent)
-        else:
-            for layer in cache.layers:
-                layer.reorder_beams(parent)
-        row_lens = row_lens[parent]
-        row_mask = torch.cat((row_mask[parent], torch.ones((parent.numel(), 1), dtype=row_mask.dtype, device=device)), 1)
-        logits, cache = _model_step(model, tokens[:, None], row_mask, (row_lens + step)[:, None], cache)
+                if step:
+                    cache.reorder_cache(parent)
+            elif origins is None:  # step 0: the buffers are empty, only settled prompts may leave
+                origins = _BeamOrigins(max_len, parent.numel(), device)
+                if sel is not None:
+                    for layer in cache.layers:
+                        layer.select_prompts(sel)
+                        layer.move_rows(parent[:0], None, parent.numel())
+            else:
+                src, dst = origins.reorder(parent, cache.layers[0].generated, same_rows=sel is None)
+                for layer in cache.layers:
+                    if sel is not None:
+                        layer.select_prompts(sel)
+                    layer.move_rows(src, dst, parent.numel())
+            row_lens = row_lens[parent]
+            positions = (row_lens + step)[:, None]
+            if fast:  # the shared-prefix attention knows the padding itself
+                logits, cache = _model_step(model, tokens[:, None], None, positions, cache, pool)
+                origins.written(cache.layers[0].generated - 1)
+            else:
+                row_mask = torch.cat((row_mask[parent], row_mask.new_ones((parent.numel(), 1))), 1)
+                logits, cache = _model_step(model, tokens[:, None], row_mask, positions, cache, pool)
     stats.steps += steps
     return [best.tokens[i] if best.tokens[i] is not None else [] for i in range(n)]
 
@@ -395,6 +582,7 @@ def beam_search(
     weight = {}  # how many input prompts each unique prompt stands for (for the progress count)
     for p in clean:
         weight[p] = weight.get(p, 0) + 1
+    pool = _BufferPool()  # generated keys/values, reused by every batch of this call
     was_training = model.training
     model.eval()
     try:
@@ -402,7 +590,7 @@ def beam_search(
             idx = order[first:first + size]
             t0 = time.perf_counter()
             with _fast_gelu(model):
-                outs = _search_batch(model, [list(unique[i]) for i in idx], cfg, early_stop, stats)
+                outs = _search_batch(model, [list(unique[i]) for i in idx], cfg, early_stop, stats, pool)
             stats.per_batch.append({"prompts": len(idx), "seconds": time.perf_counter() - t0})
             for i, out in zip(idx, outs):
                 results[i] = out

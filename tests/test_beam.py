@@ -122,6 +122,99 @@ def test_identical_prompts_are_decoded_once(late_case, models):
     assert (stats.prompts, stats.unique_prompts) == (3, 2)
 
 
+def test_shared_prefix_path_equals_the_generic_cache_path(late_case, models, monkeypatch):
+    """The shared-prefix attention, the sparse beam reorder and the reused buffers against the plain path
+    (transformers' cache expanded per beam, its own attention): same outputs, with prompts of several lengths,
+    prompts leaving early, and batches of different sizes sharing one buffer pool."""
+    import nlg.beam as beam
+
+    cfg, prompts, fast, stats = late_case
+    assert stats.stopped_early >= 1
+    used = []
+    real = beam._to_shared_prefix_cache
+    monkeypatch.setattr(beam, "_to_shared_prefix_cache", lambda *a: used.append(real(*a)) or used[-1])
+    fast_small = beam_search(models["ends-late"], prompts, cfg, batch_size=3)
+    assert len(used) == 3 and all(used)  # every batch took the shared-prefix path
+    monkeypatch.setattr(beam, "_to_shared_prefix_cache", lambda *a: False)
+    generic = beam_search(models["ends-late"], prompts, cfg, batch_size=8)
+    assert fast == generic == fast_small
+
+
+def test_shared_prefix_attention_equals_plain_attention():
+    """Prompt part once per prompt + generated part per row == softmax attention over the concatenation."""
+    import nlg.beam as beam
+
+    gen = torch.Generator().manual_seed(0)
+    prompts, beams, heads, length, dim, steps = 3, 4, 2, 5, 8, 6
+    keys = torch.randn(prompts, heads, length, dim, generator=gen)
+    values = torch.randn(prompts, heads, length, dim, generator=gen)
+    pad = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
+    bias = torch.zeros(prompts, 1, 1, length).masked_fill(pad[:, None, None, :] == 0, -math.inf)
+    layer = beam._SharedPrefixLayer(0, keys, values, bias, beams, steps, beam._BufferPool())
+    rows = prompts * beams
+    gk, gv = [], []
+    for _ in range(steps):
+        k, v = torch.randn(rows, heads, 1, dim, generator=gen), torch.randn(rows, heads, 1, dim, generator=gen)
+        layer.update(k, v)
+        gk.append(k)
+        gv.append(v)
+    query = torch.randn(rows, heads, 1, dim, generator=gen)
+
+    class Module:
+        _nlg_beam_layer = layer
+
+    got, _ = beam._shared_prefix_attention(Module(), query, None, None, None, scaling=0.3)
+    full_k = torch.cat((keys.repeat_interleave(beams, 0), *gk), dim=2)
+    full_v = torch.cat((values.repeat_interleave(beams, 0), *gv), dim=2)
+    mask = torch.cat((pad.repeat_interleave(beams, 0), torch.ones(rows, steps, dtype=torch.long)), 1).bool()
+    want = torch.nn.functional.scaled_dot_product_attention(query, full_k, full_v, attn_mask=mask[:, None, None, :],
+                                                             scale=0.3)
+    assert got.shape == (rows, 1, heads, dim)
+    torch.testing.assert_close(got, want.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_reorder_gives_every_row_its_parents_history():
+    """After reorders (and a shrink), each row holds exactly the vectors of its own ancestry."""
+    import nlg.beam as beam
+
+    gen = torch.Generator().manual_seed(1)
+    rows, steps, heads, dim = 6, 5, 1, 2
+    keys = torch.zeros(2, heads, 1, dim)
+    layer = beam._SharedPrefixLayer(0, keys, keys.clone(), torch.zeros(2, 1, 1, 1), 3, steps, beam._BufferPool())
+    origins = beam._BeamOrigins(steps, rows, "cpu")
+    history = [[] for _ in range(rows)]  # the expected vectors per row
+    for step in range(steps - 1):
+        new = torch.randn(rows, heads, 1, dim, generator=gen)
+        layer.update(new, new)
+        origins.written(step)
+        for r in range(rows):
+            history[r].append(new[r, :, 0])
+        parent = torch.randint(0, 3, (rows,), generator=gen)
+        parent = parent + torch.arange(rows) // 3 * 3  # parents stay within their prompt
+        shrink = step == 2
+        if shrink:  # the second prompt leaves
+            parent = parent[:3]
+            layer.select_prompts(torch.tensor([0]))
+        src, dst = origins.reorder(parent, layer.generated, same_rows=not shrink)
+        layer.move_rows(src, dst, parent.numel())
+        history = [list(history[int(p)]) for p in parent]
+        got_k, got_v = layer.generated_kv()
+        for r in range(parent.numel()):
+            want = torch.stack(history[r])
+            assert torch.equal(got_k[:, r], want) and torch.equal(got_v[:, r], want)
+        rows = parent.numel()
+
+
+def test_search_leaves_the_model_as_it_was(models):
+    model = models["ends-late"]
+    ids = torch.tensor([encode("name : Alimentum | area : city centre")])
+    before = model(ids).logits
+    beam_search(model, [ids[0].tolist()], paper_decode_config("e2e", max_new_tokens=4))
+    assert all(block.attn.config is model.config and not hasattr(block.attn, "_nlg_beam_layer")
+               for block in model.transformer.h)
+    assert torch.equal(model(ids).logits, before)
+
+
 def test_merged_lora_decodes_like_unmerged(models):
     from nlg.lora import inject_lora, merge_lora, unmerge_lora
 
