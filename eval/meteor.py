@@ -1,25 +1,108 @@
 """METEOR 1.5 (-l en -norm), one Java process per scoring call, fed in bulk.
 
-The process starts as soon as the object is made (loading the paraphrase table takes seconds), so callers create
-it first and do other work meanwhile. Segment statistics come from SCORE lines, the corpus score from one EVAL
-line over the aggregated statistics -- the way both the MS-COCO wrapper (E2E) and METEOR's own file mode
+The process starts as soon as the object is made. Given the texts it will score, it loads only the paraphrase
+entries those texts can use (eval.meteor_paraphrase: the same scores, about a second to start instead of six);
+without them it loads the whole table. With ``texts_later=True`` Java starts at once and waits on a named pipe for
+its paraphrase table, which :meth:`Meteor.provide_texts` filters and streams once the texts are known (the E2E
+scorer does this while the PTB tokeniser runs). Segment statistics come from SCORE lines, the corpus score from one
+EVAL line over the aggregated statistics -- the way both the MS-COCO wrapper (E2E) and METEOR's own file mode
 (GenerationEval, -r N) reach their corpus score. Several EVAL calls (WebNLG all/seen/unseen) share the process.
 """
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import subprocess
+import sys
 import tempfile
 import threading
-from typing import Sequence
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
 
 from .java import JavaError, java_binary, meteor_jar
 
+FULL_TABLE_ENV = "NLG_METEOR_FULL_TABLE"  # set to 1 to always load the whole paraphrase table
+
+
+def _filtering() -> bool:
+    return os.environ.get(FULL_TABLE_ENV, "") in ("", "0")
+
+
+def _filtered_table(texts: Iterable[str], out: Path) -> bool:
+    """Write the paraphrase entries usable for ``texts`` to ``out``; False (with a warning) when the index
+    cannot be had, and the whole table must be used."""
+    from .meteor_paraphrase import load_index
+
+    try:
+        load_index().write_filtered(texts, out)
+        return True
+    except (OSError, ValueError, MemoryError) as exc:
+        print(f"warning: METEOR loads its whole paraphrase table (no filtered copy: {exc})", file=sys.stderr)
+        return False
+
 
 class Meteor:
-    def __init__(self, memory: str = "2G"):
+    """One METEOR 1.5 process.
+
+    ``texts``: every hypothesis and reference it will be sent (tokenised as sent): only the usable paraphrase
+    entries are loaded. ``texts_later``: start now, give the texts to :meth:`provide_texts` before the first
+    request. Neither: the whole table (``NLG_METEOR_FULL_TABLE=1`` forces that in every case)."""
+
+    def __init__(self, memory: str = "2G", texts: Iterable[str] | None = None, texts_later: bool = False):
         self._stderr = tempfile.TemporaryFile()
+        self._folder: Path | None = None
+        self._pipe: Path | None = None
         cmd = [java_binary(), f"-Xmx{memory}", "-jar", str(meteor_jar()), "-", "-", "-stdio", "-l", "en", "-norm"]
+        if _filtering() and (texts is not None or texts_later):
+            self._folder = Path(tempfile.mkdtemp(prefix="meteor-"))
+            table = self._folder / "paraphrase-en.gz"
+            if texts_later:
+                os.mkfifo(table)
+                self._pipe = table
+                cmd += ["-a", str(table)]
+            elif _filtered_table(texts, table):
+                cmd += ["-a", str(table)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+
+    @property
+    def filtered(self) -> bool:
+        """Whether this process reads a filtered paraphrase table (or waits for one)."""
+        return self._folder is not None and (self._pipe is not None or any(self._folder.iterdir()))
+
+    def provide_texts(self, texts: Iterable[str]) -> None:
+        """Stream the paraphrase entries usable for ``texts`` to the waiting process (``texts_later=True``); a
+        no-op otherwise."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is None:
+            return
+        table = pipe.with_name("filtered.gz")
+        source = table if _filtered_table(texts, table) else meteor_jar().parent / "data" / "paraphrase-en.gz"
+        fd = None
+        while fd is None:  # the reader must be there before a write end opens without blocking
+            try:
+                fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                if self.proc.poll() is not None:
+                    raise JavaError(f"METEOR exited before reading its paraphrase table: {self._error_text()}")
+                time.sleep(0.005)
+        os.set_blocking(fd, True)
+        try:
+            with open(source, "rb") as handle, os.fdopen(fd, "wb") as out:
+                fd = None
+                shutil.copyfileobj(handle, out, 1 << 20)
+        except BrokenPipeError:
+            raise JavaError(f"METEOR stopped reading its paraphrase table: {self._error_text()}") from None
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _error_text(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace")[-1000:]
 
     def __enter__(self) -> "Meteor":
         return self
@@ -28,6 +111,8 @@ class Meteor:
         self.close()
 
     def close(self) -> None:
+        if self._pipe is not None and self.proc.poll() is None:  # still waiting for a table nobody will send
+            self.proc.kill()
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.close()
@@ -38,7 +123,11 @@ class Meteor:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc.wait()
         self._stderr.close()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
 
     def _exchange(self, lines: Sequence[str], n_answers: int) -> "_Exchange":
         """Send lines and collect n_answers answer lines in background threads; `.wait()` returns them."""
@@ -46,6 +135,8 @@ class Meteor:
 
     def submit_stats(self, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> "_Exchange":
         """Start computing sufficient statistics per segment; `.wait()` returns them."""
+        if self._pipe is not None:
+            self.provide_texts([*hyps, *(r for g in refs for r in g)])
         lines = []
         for hyp, group in zip(hyps, refs):
             hyp = hyp.replace("|||", "").replace("  ", " ")
@@ -97,9 +188,7 @@ class _Exchange:
         self.writer.join()
         self.reader.join()
         if len(self.answers) < self.n or self.failure:
-            err_file = self.meteor._stderr
-            err_file.seek(0)
-            err = err_file.read().decode("utf-8", "replace")[-1000:]
+            err = self.meteor._error_text()
             raise JavaError(f"METEOR stopped answering after {len(self.answers)} of {self.n} lines: "
                             f"{err or self.failure}")
         return self.answers

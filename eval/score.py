@@ -59,8 +59,17 @@ def has_categories(folder: Path) -> bool:
 
 def score_webnlg_categories(folder: Path, num_refs: int | None = None) -> dict:
     """all / seen / unseen sub-folders, sharing one METEOR process; an empty category scores as null."""
+    from .webnlg_metrics import tokenize_pair
+
     out: dict = {"metrics": {}, "n": {}}
-    with Meteor() as meteor:
+    texts: list[str] = []  # what METEOR will be sent over all categories (tokenising is cached)
+    for cat in WEBNLG_CATEGORIES:
+        sub = folder / cat
+        hyps = sub / "hypothesis"
+        if hyps.is_file() and hyps.stat().st_size > 0:
+            hyps_tok, refs_tok = tokenize_pair(read_hypotheses(hyps), read_multi_references(sub, num_refs))
+            texts += hyps_tok + [r for g in refs_tok for r in g]
+    with Meteor(texts=texts) as meteor:
         for cat in WEBNLG_CATEGORIES:
             sub = folder / cat
             hyps = sub / "hypothesis"

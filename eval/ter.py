@@ -122,10 +122,23 @@ def instance_ters(hyps_tok: Sequence[str], refs_tok: Sequence[Sequence[str]]) ->
     out = []
     for hyp, group in zip(hyps_tok, refs_tok):
         h = hyp.split()
+        bag = Counter(h)
         best = None
+        candidates = []
         for ref in group:
             r = ref.split()
-            value = ter(h, r) if ref and r else 1
+            if not (ref and r):
+                best = 1 if best is None else min(best, 1)
+                continue
+            # no alignment matches more words than the bags share, and shifts cost >= 0: a floor on the score
+            shared = sum((bag & Counter(r)).values())
+            candidates.append(((max(len(h), len(r)) - shared) / len(r), r))
+        # the most promising references first; one whose floor cannot beat the best so far is skipped (the
+        # minimum is the same number either way)
+        for floor, r in sorted(candidates, key=lambda c: c[0]):
+            if best is not None and floor >= best:
+                continue
+            value = ter(h, r)
             best = value if best is None else min(best, value)
         out.append(best)
     return out

@@ -65,7 +65,6 @@ def score_webnlg(hyps: Sequence[str], refs: Sequence[Sequence[str]], meteor: Met
         raise ValueError("nothing to score")
     check_groups(refs)
     own_meteor = meteor is None
-    meteor = meteor or Meteor()
     try:
         if tokenized is None:
             hyps_tok, refs_tok = tokenize_pair(hyps, refs)
@@ -74,6 +73,8 @@ def score_webnlg(hyps: Sequence[str], refs: Sequence[Sequence[str]], meteor: Met
         # TER, the slowest part, runs in a forked worker while this process and Java do the rest
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
             ter_job = pool.submit(instance_ters, hyps_tok, refs_tok)
+            if own_meteor:
+                meteor = Meteor(texts=hyps_tok + [r for g in refs_tok for r in g])
             pending = meteor.submit_stats(hyps_tok, refs_tok)
             scores = {
                 "BLEU": multi_bleu_detok(hyps, refs),
@@ -83,7 +84,7 @@ def score_webnlg(hyps: Sequence[str], refs: Sequence[Sequence[str]], meteor: Met
             scores["TER"] = mean_ter(ter_job.result())
         scores["METEOR"] = meteor.corpus_score(pending.wait())
     finally:
-        if own_meteor:
+        if own_meteor and meteor is not None:
             meteor.close()
     return {k: scores[k] for k in METRICS}
 

@@ -10,3 +10,5 @@ fi
 PY="${PYTHON:-python3}"
 echo "[setup] installing Python packages from requirements.txt"
 "$PY" -m pip install -q -r requirements.txt
+echo "[setup] indexing METEOR's paraphrase table (once; lets METEOR load only what a scoring call can use)"
+"$PY" -m eval.meteor_paraphrase build || echo "[setup] could not index it: METEOR will load the whole table (slower, same scores)"

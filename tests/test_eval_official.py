@@ -23,8 +23,9 @@ SLOW = {"dart-test-bart-large-lora-layout", "dart-test-bart-large-dartref3"}
 
 @pytest.fixture(scope="module")
 def meteor():
-    with Meteor() as proc:  # one Java process for the whole module, as one scoring call would use
-        yield proc
+    """None: every case starts its own METEOR with the paraphrase entries its texts can use, as a scoring call
+    does (test_filtered_paraphrases_give_the_whole_tables_statistics compares that with the whole table)."""
+    return None
 
 
 def _base(case: dict):
@@ -81,3 +82,58 @@ def test_trailing_newline_reads_like_no_trailing_newline():
     assert read_multi_references(base / case["refs"], 6) == read_multi_references(base / plain["refs"], 6)
     assert case["official_on_raw_files"]["METEOR"]["value"] == -1
     assert case["official"] == plain["official"]
+
+
+@pytest.mark.parametrize("name", ["e2e-test-tgen-std-run0", "webnlg2020-generationeval-sample-en"])
+def test_filtered_paraphrases_give_the_whole_tables_statistics(name):
+    """METEOR fed the filtered paraphrase table answers every segment's statistics and the corpus score exactly
+    as with the whole table, on a table a small fraction of the size."""
+    from eval.meteor_paraphrase import load_index
+    from eval.ptb import ptb_tokenize
+    from eval.webnlg_metrics import tokenize_pair
+
+    case = EXPECTED[name]
+    base = _base(case)
+    hyps = read_hypotheses(base / case["hyps"])
+    if case["scorer"] == "e2e":
+        refs = read_e2e_references(base / case["refs"], len(hyps))
+        flat = ptb_tokenize([r.strip() for g in refs for r in g])
+        hyps_tok, refs_tok, pos = ptb_tokenize([h.strip() for h in hyps]), [], 0
+        for group in refs:
+            refs_tok.append(flat[pos:pos + len(group)])
+            pos += len(group)
+    else:
+        hyps_tok, refs_tok = tokenize_pair(hyps, read_multi_references(base / case["refs"], case["num_refs"]))
+    texts = hyps_tok + [r for g in refs_tok for r in g]
+    index = load_index()
+    kept = int(index.keep(texts).sum())
+    assert 0 < kept < index.entries // 10
+    # E2E: the table is streamed through a named pipe to a process started before the texts were known
+    later = case["scorer"] == "e2e"
+    with Meteor(texts=None if later else texts, texts_later=later) as small, Meteor() as whole:
+        assert small.filtered and not whole.filtered
+        small_stats, whole_stats = small.stats(hyps_tok, refs_tok), whole.stats(hyps_tok, refs_tok)
+        assert small_stats == whole_stats
+        assert small.corpus_score(small_stats) == whole.corpus_score(whole_stats)
+
+
+def test_a_process_waiting_for_its_table_closes_cleanly():
+    meteor = Meteor(texts_later=True)
+    folder = meteor._folder
+    meteor.close()
+    assert meteor.proc.returncode is not None and not folder.exists()
+
+
+@pytest.mark.parametrize("env", [{"NLG_METEOR_FULL_TABLE": "1"}, {"NLG_CACHE_DIR": "/proc/no-index-here"}])
+def test_whole_table_when_asked_or_when_no_index_can_be_built(env, monkeypatch, capsys):
+    """The switch and the fallback (an unwritable cache: a warning, then the whole table) score the same."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if "NLG_CACHE_DIR" in env:
+        from eval import meteor_paraphrase
+
+        assert not meteor_paraphrase.index_folder().exists()
+    case = EXPECTED["e2e-metrics-example"]
+    _check(_score(case, None), case["official"], case["scorer"])
+    if "NLG_CACHE_DIR" in env:
+        assert "whole paraphrase table" in capsys.readouterr().err
