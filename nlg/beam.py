@@ -279,7 +279,10 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, scaling=
     scores_g = scores_g.view(prompts, beams, heads, t).transpose(1, 2)
     scores = torch.cat((scores_p, scores_g), dim=-1).mul_(scaling)
     scores[..., : layer.fixed] += layer.prompt_bias
-    probs = torch.softmax(scores, dim=-1)
+    if scores.dtype in (torch.float16, torch.bfloat16):  # half-precision models: normalise in fp32, as SDPA does
+        probs = torch.softmax(scores.float(), dim=-1).to(scores.dtype)
+    else:
+        probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs[..., : layer.fixed], layer.prefix_values)  # prompts x heads x beams x dim
     probs_g = probs[..., layer.fixed:].transpose(1, 2).reshape(rows, heads, 1, t)
     out_g = torch.matmul(probs_g, gen_v.permute(1, 2, 0, 3))  # rows x heads x 1 x dim
