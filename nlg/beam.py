@@ -134,8 +134,9 @@ ATTENTION_NAME = "nlg_shared_prefix"
 
 
 class _BufferPool:
-    """Generated-key/value buffers that outlive one batch: each search reuses the memory of the previous batch,
-    so the operating system maps (and zeroes) those pages once per call instead of once per batch."""
+    """Large buffers that outlive a step and a batch (generated keys/values, logits, probabilities, scratch): a
+    search reuses the memory of its previous steps and batches, so the operating system maps (and zeroes) those
+    pages once per call instead of at every allocation."""
 
     def __init__(self):
         self.flat: dict[tuple, torch.Tensor] = {}
