@@ -55,6 +55,8 @@ class Meteor:
         self._folder: Path | None = None
         self._pipe: Path | None = None
         cmd = [java_binary(), f"-Xmx{memory}", "-jar", str(meteor_jar()), "-", "-", "-stdio", "-l", "en", "-norm"]
+        if texts_later and not hasattr(os, "mkfifo"):  # no named pipes here: the whole table
+            texts_later = False
         if _filtering() and (texts is not None or texts_later):
             self._folder = Path(tempfile.mkdtemp(prefix="meteor-"))
             table = self._folder / "paraphrase-en.gz"

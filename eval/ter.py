@@ -95,6 +95,7 @@ def ter(hyp: Sequence[str], ref: Sequence[str]) -> float:
         # a shift only happens for a positive gain, so gains below 1 never matter
         best_delta, best_words = 0, None
         n = len(words)
+        candidates = []
         for i, word in enumerate(words):
             for j in ref_positions.get(word, ()):
                 if i == j:
@@ -103,13 +104,21 @@ def ter(hyp: Sequence[str], ref: Sequence[str]) -> float:
                 while i + length < n and j + length < m and words[i + length] == ref[j + length]:
                     length += 1
                 # moving a block of L words by d positions changes the distance by at most 2 * min(L, d)
-                if 2 * min(length, abs(i - j)) < max(best_delta, 1):
-                    continue
-                rest = words[:i] + words[i + length:]
-                shifted = rest[:j] + words[i:i + length] + rest[j:]
-                delta = current - _distance_from(states, min(i, j), max(i, j) + length, shifted, peq, m)
-                if delta > best_delta or (delta == best_delta and delta > 0 and shifted > best_words):
-                    best_delta, best_words = delta, shifted
+                # and no shift brings the distance below the floor
+                candidates.append((min(2 * min(length, abs(i - j)), current - floor), i, j, length))
+        # the choice (largest gain, ties to the greatest shifted list) does not depend on the order the candidates
+        # are tried in, so the most promising go first and the bound then skips more of the others
+        candidates.sort(key=lambda c: -c[0])
+        for bound, i, j, length in candidates:
+            if bound < max(best_delta, 1):
+                break
+            rest = words[:i] + words[i + length:]
+            shifted = rest[:j] + words[i:i + length] + rest[j:]
+            if bound == best_delta and not shifted > best_words:  # at best a tie, and a tie it would lose
+                continue
+            delta = current - _distance_from(states, min(i, j), max(i, j) + length, shifted, peq, m)
+            if delta > best_delta or (delta == best_delta and delta > 0 and shifted > best_words):
+                best_delta, best_words = delta, shifted
         if best_words is None:
             return (shifts + current) / len(ref)
         shifts += 1
