@@ -26,10 +26,14 @@ def _pycocoevalcap_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def meteor_paraphrase_table() -> Path:
+    """The paraphrase table METEOR 1.5 loads by default (beside its jar)."""
+    return _pycocoevalcap_dir() / "meteor" / "data" / "paraphrase-en.gz"
+
+
 def meteor_jar() -> Path:
     jar = _pycocoevalcap_dir() / "meteor" / "meteor-1.5.jar"
-    para = jar.parent / "data" / "paraphrase-en.gz"
-    for path in (jar, para):
+    for path in (jar, meteor_paraphrase_table()):
         if not path.is_file():
             raise JavaError(f"{path} is missing from the pycocoevalcap install (reinstall pycocoevalcap==1.2)")
     return jar

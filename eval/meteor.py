@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .java import JavaError, java_binary, meteor_jar
+from .java import JavaError, java_binary, meteor_jar, meteor_paraphrase_table
 
 FULL_TABLE_ENV = "NLG_METEOR_FULL_TABLE"  # set to 1 to always load the whole paraphrase table
 
@@ -80,7 +80,7 @@ class Meteor:
         if pipe is None:
             return
         table = pipe.with_name("filtered.gz")
-        source = table if _filtered_table(texts, table) else meteor_jar().parent / "data" / "paraphrase-en.gz"
+        source = table if _filtered_table(texts, table) else meteor_paraphrase_table()
         fd = None
         while fd is None:  # the reader must be there before a write end opens without blocking
             try:

@@ -7,7 +7,7 @@ counts as one empty token, all as in the original.
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Sequence
 
 from .bleu import e2e_tokens, max_ref_counts, ngram_counts

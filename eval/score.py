@@ -42,13 +42,19 @@ def score_e2e_files(refs: str | Path, hyps: str | Path, meteor: Meteor | None = 
     return {"metrics": score_e2e(hyp_list, ref_groups, meteor=meteor), "n": len(hyp_list)}
 
 
+def _read_multi_ref_files(refs: str | Path, hyps: str | Path,
+                          num_refs: int | None = None) -> tuple[list[str], list[list[str]]]:
+    hyp_list = read_hypotheses(hyps)
+    ref_groups = read_multi_references(refs, num_refs)
+    check_counts(refs, len(ref_groups), hyps, len(hyp_list))
+    return hyp_list, ref_groups
+
+
 def score_multi_ref_files(refs: str | Path, hyps: str | Path, num_refs: int | None = None,
                           meteor: Meteor | None = None) -> dict:
     from .webnlg_metrics import score_webnlg
 
-    hyp_list = read_hypotheses(hyps)
-    ref_groups = read_multi_references(refs, num_refs)
-    check_counts(refs, len(ref_groups), hyps, len(hyp_list))
+    hyp_list, ref_groups = _read_multi_ref_files(refs, hyps, num_refs)
     return {"metrics": score_webnlg(hyp_list, ref_groups, meteor=meteor), "n": len(hyp_list),
             "num_refs": len(ref_groups[0])}
 
@@ -59,26 +65,26 @@ def has_categories(folder: Path) -> bool:
 
 def score_webnlg_categories(folder: Path, num_refs: int | None = None) -> dict:
     """all / seen / unseen sub-folders, sharing one METEOR process; an empty category scores as null."""
-    from .webnlg_metrics import tokenize_pair
+    from .webnlg_metrics import score_webnlg, tokenize_pair
 
     out: dict = {"metrics": {}, "n": {}}
-    texts: list[str] = []  # what METEOR will be sent over all categories (tokenising is cached)
+    read: dict[str, tuple] = {}  # category -> (hypotheses, references, their tokenised forms)
     for cat in WEBNLG_CATEGORIES:
         sub = folder / cat
         hyps = sub / "hypothesis"
-        if hyps.is_file() and hyps.stat().st_size > 0:
-            hyps_tok, refs_tok = tokenize_pair(read_hypotheses(hyps), read_multi_references(sub, num_refs))
-            texts += hyps_tok + [r for g in refs_tok for r in g]
+        if hyps.is_file() and hyps.stat().st_size == 0:
+            out["metrics"][cat], out["n"][cat] = None, 0
+            continue
+        hyp_list, ref_groups = _read_multi_ref_files(sub, hyps, num_refs)
+        read[cat] = (hyp_list, ref_groups, tokenize_pair(hyp_list, ref_groups))
+    # METEOR is told every text it will be sent over all categories, so it loads the paraphrases they can use
+    texts = [t for _, _, (hyps_tok, refs_tok) in read.values() for t in [*hyps_tok, *(r for g in refs_tok for r in g)]]
     with Meteor(texts=texts) as meteor:
-        for cat in WEBNLG_CATEGORIES:
-            sub = folder / cat
-            hyps = sub / "hypothesis"
-            if hyps.is_file() and hyps.stat().st_size == 0:
-                out["metrics"][cat], out["n"][cat] = None, 0
-                continue
-            res = score_multi_ref_files(sub, hyps, num_refs, meteor=meteor)
-            out["metrics"][cat], out["n"][cat] = res["metrics"], res["n"]
-    return out
+        for cat, (hyp_list, ref_groups, tokenized) in read.items():
+            out["metrics"][cat] = score_webnlg(hyp_list, ref_groups, meteor=meteor, tokenized=tokenized)
+            out["n"][cat] = len(hyp_list)
+    return {"metrics": {c: out["metrics"][c] for c in WEBNLG_CATEGORIES},
+            "n": {c: out["n"][c] for c in WEBNLG_CATEGORIES}}
 
 
 def score_run_dir(run_dir: str | Path, dataset: str, split: str = "test", num_refs: int | None = None) -> Path:

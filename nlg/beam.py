@@ -215,8 +215,8 @@ class _SharedPrefixLayer(DynamicLayer):
         Without: the buffer becomes ``rows`` rows whose vectors are ``src`` in (step, row) order (a full gather,
         used when settled prompts leave)."""
         old_rows = self.rows
-        for kind in (0, 1):
-            buf = self.gen_keys if kind == 0 else self.gen_values
+        bufs = [self.gen_keys, self.gen_values]
+        for kind, buf in enumerate(bufs):
             width = buf.shape[2] * buf.shape[3]
             matrix = buf.view(self.extra * old_rows, width)
             moved = self.pool.get(("scratch",), (src.numel(), width), buf)
@@ -225,12 +225,9 @@ class _SharedPrefixLayer(DynamicLayer):
                 matrix.index_copy_(0, dst, moved)
             else:
                 self.rows = rows
-                buf = self._buffer(kind)
-                buf.view(self.extra * rows, width)[: src.numel()].copy_(moved)
-                if kind == 0:
-                    self.gen_keys = buf
-                else:
-                    self.gen_values = buf
+                bufs[kind] = self._buffer(kind)
+                bufs[kind].view(self.extra * rows, width)[: src.numel()].copy_(moved)
+        self.gen_keys, self.gen_values = bufs
 
     def select_prompts(self, prompts: torch.Tensor) -> None:
         """Keep the given prompts' keys/values (settled prompts leave the batch)."""
@@ -431,7 +428,8 @@ def _search_batch(model, prompts: list[list[int]], cfg: DecodeConfig, early_stop
             steps += 1
             stats.row_steps += logits.shape[0]
             b = len(active)
-            probs = step_probs(logits, history, step, cfg, pool.get(("probs",), logits.shape, logits.float()[:0]))
+            probs_buffer = pool.get(("probs",), logits.shape, logits.new_empty((), dtype=torch.float32))
+            probs = step_probs(logits, history, step, cfg, probs_buffer)
             vocab = probs.shape[-1]
             if step == 0:
                 top_p, top_tok = torch.topk(probs, k, dim=1, largest=True, sorted=True)  # beam 0 only
@@ -475,7 +473,6 @@ def _search_batch(model, prompts: list[list[int]], cfg: DecodeConfig, early_stop
 
             # settled prompts: no live beam can beat the best finished hypothesis any more
             keep = list(range(b))
-            b_before = b
             if early_stop:
                 denom = max((cur_len + 1) ** lp, max_len ** lp)
                 bound = (beam_scores / denom).tolist()
@@ -501,11 +498,8 @@ def _search_batch(model, prompts: list[list[int]], cfg: DecodeConfig, early_stop
                 fast = _to_shared_prefix_cache(model, cache, mask, k, max_len, pool)
                 if fast:
                     shared.enter_context(_shared_prefix(model, cache))
-                else:
-                    cache.reorder_cache(parent)
             if not fast:
-                if step:
-                    cache.reorder_cache(parent)
+                cache.reorder_cache(parent)
             elif origins is None:  # step 0: the buffers are empty, only settled prompts may leave
                 origins = _BeamOrigins(max_len, parent.numel(), device)
                 if sel is not None:

@@ -44,7 +44,7 @@ def e2e_prompts(n: int, data: Path | None) -> tuple[list[list[int]], str]:
             return [list(p) for p in seen], str(path)
     raw = REPO.parent / "shared" / "data" / "e2e" / "test.txt"
     if not raw.is_file():
-        raise SystemExit(f"no E2E test data: prepare data/e2e/ (python -m data.e2e.prepare) or pass --data")
+        raise SystemExit("no E2E test data: prepare data/e2e/ (python -m data.e2e.prepare) or pass --data")
     for line in raw.read_text(encoding="utf-8").splitlines():
         context = line.strip().split("||")[0]
         seen.setdefault(tuple(encode(context) + [EOS_ID]), None)
