@@ -7,8 +7,8 @@ chosen subset of the equal output slices. The layout is the authors' ``MergedLin
 slices): ``lora_A`` is (G·r) × in, one r-row block per adapted slice, ``lora_B`` is (G·out_slice) × r, one block per
 slice, and slice g's update is ``B_g @ A_g``. For the paper's q,v that is ``lora_A`` 2r × d and ``lora_B`` 2d × r,
 exactly the authors' checkpoint tensors. The forward pass computes ``dropout(x) @ A^T`` for all slices in one
-matmul, then one thin matmul places the B blocks in the q and v columns (on top of the bias), and ``x W``
-accumulates onto that: no per-slice work and no extra pass over the output.
+matmul, then ``x W``, onto which one thin in-place matmul adds the B blocks (in the q and v columns) together with
+the bias: no per-slice work and a single pass over the output for bias and update.
 
 Targets: ``q``, ``k``, ``v`` (slices of ``attn.c_attn``), ``o`` (``attn.c_proj``), ``c_fc`` and ``c_proj`` (the
 MLP's; aliases ``fc``, ``mlp.c_fc``, ``mlp_proj``, ``mlp.c_proj``).
@@ -140,12 +140,16 @@ class LoRAConv1D(Conv1D):
             if self.training and torch.is_grad_enabled() and self.lora_A.requires_grad:
                 raise RuntimeError("LoRA weights are merged into W: call nlg.lora.unmerge_lora(model) before training")
             return torch.addmm(self.bias, x2, self.weight).view(size_out)
-        # dropout(x) @ A^T for every adapted slice in one matmul, then one small matmul that writes the B blocks
-        # into their slices' columns (zero elsewhere) on top of the bias; the big x @ W accumulates onto that,
-        # so the update costs two thin matmuls and no extra pass over the output in the backward
+        # dropout(x) @ A^T for every adapted slice in one matmul; then x @ W, onto which one thin in-place matmul
+        # adds the B blocks (in their slices' columns, zero elsewhere) and the bias (a row of B against a column
+        # of ones): one pass over the output for LoRA and bias together, none in the backward
         after_a = self.lora_dropout(x2) @ self.lora_A.t()  # (N, G·r)
-        lora_and_bias = torch.addmm(self.bias, after_a, self._b_full(), alpha=self.scaling)
-        return torch.addmm(lora_and_bias, x2, self.weight).view(size_out)
+        if torch.is_autocast_enabled(x2.device.type):  # in-place accumulation would mix dtypes
+            lora_and_bias = torch.addmm(self.bias, after_a, self._b_full(), alpha=self.scaling)
+            return torch.addmm(lora_and_bias, x2, self.weight).view(size_out)
+        a_and_one = torch.cat([after_a, after_a.new_ones(after_a.shape[0], 1)], dim=1)  # (N, G·r + 1)
+        b_and_bias = torch.cat([self._b_full() * self.scaling, self.bias.unsqueeze(0)], dim=0)  # (G·r + 1, nf)
+        return torch.mm(x2, self.weight).addmm_(a_and_one, b_and_bias).view(size_out)
 
     @torch.no_grad()
     def merge(self) -> None:

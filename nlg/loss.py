@@ -11,14 +11,33 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nlg.head_loss import LogitsBuffer, head_cross_entropy_sum
+
 MASK_EPS = 1e-4  # the authors' ``loss.sum() / (lm_mask.sum() + 0.0001)``
 
 
+def fused_head_applies(hidden: torch.Tensor, lm_head: torch.nn.Module) -> bool:
+    """The fused head + loss (nlg.head_loss) serves a bias-free ``nn.Linear`` head outside autocast, same dtypes."""
+    return (type(lm_head) is torch.nn.Linear and lm_head.bias is None and not lm_head._forward_hooks
+            and not lm_head._forward_pre_hooks and hidden.dtype == lm_head.weight.dtype
+            and not torch.is_autocast_enabled(hidden.device.type))
+
+
 def masked_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, mask: torch.Tensor,
-                   label_smooth: float = 0.0) -> torch.Tensor:
-    """Mean loss over the masked positions of the whole batch (``hidden``: ``[..., d]``, the rest ``[...]``)."""
+                   label_smooth: float = 0.0, buffer: LogitsBuffer | None = None,
+                   fused: bool | None = None) -> torch.Tensor:
+    """Mean loss over the masked positions of the whole batch (``hidden``: ``[..., d]``, the rest ``[...]``).
+
+    ``fused`` (default: whenever it applies) computes head and loss together in a reused buffer (nlg.head_loss);
+    ``False`` is the plain autograd formulation, kept as the reference.
+    """
     ls = float(label_smooth) if label_smooth > 0.0001 else 0.0  # their threshold for the smoothing branch
     sel = mask.bool()
+    if fused is None:
+        fused = fused_head_applies(hidden, lm_head)
+    if fused:
+        denom = sel.sum().to(hidden.dtype) + MASK_EPS
+        return head_cross_entropy_sum(hidden[sel], lm_head.weight, targets[sel], ls, denom, buffer)
     logits = lm_head(hidden[sel]).float()
     per_token = F.cross_entropy(logits, targets[sel], reduction="none", label_smoothing=ls)
     return per_token.sum() / (sel.sum().to(per_token.dtype) + MASK_EPS)
@@ -49,6 +68,7 @@ class MaskedLMLoss(torch.nn.Module):
         from nlg import packed as packed_mod
 
         self.model = model
+        self.logits_buffer = LogitsBuffer()
         self.packed = packed_mod.supports(model) if packed is None else packed
         if self.packed and not packed_mod.supports(model):
             raise ValueError("packed=True needs a stock GPT-2 stack (see nlg.packed.supports)")
@@ -63,7 +83,8 @@ class MaskedLMLoss(torch.nn.Module):
             hidden, flat = packed_hidden(self.model.transformer, input_ids, position_ids, lengths)
             sel = mask.reshape(-1).index_select(0, flat)
             return masked_lm_loss(hidden, self.model.lm_head, targets.reshape(-1).index_select(0, flat), sel,
-                                  label_smooth)
+                                  label_smooth, self.logits_buffer)
         out = self.model.transformer(input_ids=input_ids, attention_mask=None, position_ids=position_ids,
                                      use_cache=False)
-        return masked_lm_loss(out.last_hidden_state, self.model.lm_head, targets, mask, label_smooth)
+        return masked_lm_loss(out.last_hidden_state, self.model.lm_head, targets, mask, label_smooth,
+                              self.logits_buffer)

@@ -4,7 +4,8 @@ Everything in a GPT-2 block except attention works token by token, so the linear
 LoRA can run on the real tokens of a batch stacked into one ``[N_real, d]`` matrix. Only attention needs the
 sequences apart: q, k, v are scattered into a ``[B, T]`` grid (pads after the real tokens, causal attention, so a
 pad never reaches a real position), attended with ``scaled_dot_product_attention(is_causal=True)`` and gathered
-back. On E2E batches about a quarter of a padded batch's rows are padding; here they cost nothing.
+back; on the CPU each sequence is attended on its own rows instead (nlg.varlen_attention), with no grid at all.
+On E2E batches about a quarter of a padded batch's rows are padding; here they cost nothing.
 
 The path calls the model's own modules (``ln_1``, ``attn.c_attn`` with its LoRA, ``attn.c_proj``, ``mlp``,
 ``ln_2``, ``ln_f``) and re-implements only GPT-2's block wiring and attention core, so it is used only when
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention, GPT2Block, GPT2Model
 from transformers.pytorch_utils import Conv1D
+
+from nlg.varlen_attention import varlen_causal_attention
 
 _STOCK_FORWARD = {GPT2Block: GPT2Block.forward, GPT2Attention: GPT2Attention.forward, GPT2MLP: GPT2MLP.forward}
 
@@ -53,23 +56,38 @@ def supports(model: nn.Module) -> bool:
     return True
 
 
+def _grid_attention(qkv: torch.Tensor, flat: torch.Tensor, b: int, t: int, attn: GPT2Attention) -> torch.Tensor:
+    """q, k, v scattered into the padded ``[B, H, T, dh]`` grid, SDPA, gathered back to ``[N_real, d]``."""
+    grid = qkv.new_zeros(b * t, qkv.shape[-1]).index_copy(0, flat, qkv).view(b, t, 3, attn.num_heads, attn.head_dim)
+    q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, dh]
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling)
+    return o.transpose(1, 2).reshape(b * t, -1).index_select(0, flat)
+
+
 def packed_hidden(transformer: GPT2Model, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                  lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final hidden states of the real tokens, ``[N_real, d]`` in row-major order, and their flat indices in ``[B*T]``."""
+                  lengths: torch.Tensor, varlen: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states of the real tokens, ``[N_real, d]`` in row-major order, and their flat indices in ``[B*T]``.
+
+    On the CPU attention runs per sequence on the packed rows (nlg.varlen_attention); elsewhere, or with
+    ``varlen=False``, through SDPA on a padded grid.
+    """
     b, t = input_ids.shape
     valid = torch.arange(t, device=input_ids.device).unsqueeze(0) < lengths.unsqueeze(1)
     flat = valid.reshape(-1).nonzero().squeeze(1)
     ids = input_ids.reshape(-1).index_select(0, flat)
     pos = position_ids.reshape(-1).index_select(0, flat)
     x = transformer.drop(transformer.wte(ids) + transformer.wpe(pos))
+    bounds = None
+    if x.device.type == "cpu" and varlen:
+        ends = lengths.cumsum(0).tolist()
+        bounds = tuple((e - n, e) for e, n in zip(ends, lengths.tolist()) if n > 0)
     for block in transformer.h:
         attn = block.attn
         qkv = attn.c_attn(block.ln_1(x))
-        grid = qkv.new_zeros(b * t, qkv.shape[-1]).index_copy(0, flat, qkv).view(b, t, 3, attn.num_heads,
-                                                                                  attn.head_dim)
-        q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, dh]
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling)
-        o = o.transpose(1, 2).reshape(b * t, -1).index_select(0, flat)
+        if bounds is not None:
+            o = varlen_causal_attention(qkv, bounds, attn.num_heads, attn.scaling)
+        else:
+            o = _grid_attention(qkv, flat, b, t, attn)
         x = x + attn.resid_dropout(attn.c_proj(o))
         x = x + block.mlp(block.ln_2(x))
     return transformer.ln_f(x), flat

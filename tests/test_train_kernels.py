@@ -1,0 +1,171 @@
+"""The trainer's hand-written pieces against the plain PyTorch formulations they replace: the fused LM head +
+label-smoothed cross-entropy (nlg.head_loss), per-sequence causal attention on packed rows
+(nlg.varlen_attention), and LoRA's single-pass bias + update."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nlg import packed
+from nlg.head_loss import LogitsBuffer, head_cross_entropy_sum
+from nlg.loss import MASK_EPS, MaskedLMLoss, fused_head_applies, masked_lm_loss
+from nlg.lora import LoRAConv1D
+from nlg.varlen_attention import varlen_causal_attention
+from tests.test_train_packed import _batch, _model
+from transformers.pytorch_utils import Conv1D
+
+
+def _reference_loss(hidden, weight, targets, ls, denom):
+    return F.cross_entropy(hidden @ weight.t(), targets, reduction="sum", label_smoothing=ls) / denom
+
+
+@pytest.mark.parametrize("ls", [0.0, 0.1])
+@pytest.mark.parametrize("weight_grad", [False, True])
+@pytest.mark.parametrize("chunk_rows", [512, 7])
+def test_fused_head_loss_equals_cross_entropy(ls, weight_grad, chunk_rows):
+    g = torch.Generator().manual_seed(1)
+    m, d, vocab = 30, 16, 97
+    hidden = torch.randn(m, d, generator=g) * 2
+    weight = torch.randn(vocab, d, generator=g)
+    targets = torch.randint(0, vocab, (m,), generator=g)
+    denom = torch.tensor(m + MASK_EPS)
+    upstream = 1.7  # the backward scales by the incoming gradient
+    results = []
+    for fused in (True, False):
+        h = hidden.clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(weight_grad)
+        if fused:
+            loss = head_cross_entropy_sum(h, w, targets, ls, denom, LogitsBuffer(), chunk_rows=chunk_rows)
+        else:
+            loss = _reference_loss(h, w, targets, ls, denom)
+        (loss * upstream).backward()
+        results.append((loss.detach(), h.grad, w.grad))
+    (lf, hf, wf), (lr, hr, wr) = results
+    torch.testing.assert_close(lf, lr, rtol=1e-6, atol=0)
+    torch.testing.assert_close(hf, hr, rtol=1e-5, atol=1e-7)
+    if weight_grad:
+        torch.testing.assert_close(wf, wr, rtol=1e-5, atol=1e-7)
+    else:
+        assert wf is None
+
+
+def test_fused_head_loss_without_grad_and_buffer_reuse():
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(50, 8, generator=g)
+    buffer = LogitsBuffer()
+    for m in (9, 4, 20):  # grows, shrinks, grows again: the values never depend on the buffer's past
+        hidden = torch.randn(m, 8, generator=g)
+        targets = torch.randint(0, 50, (m,), generator=g)
+        with torch.no_grad():
+            loss = head_cross_entropy_sum(hidden, weight, targets, 0.1, float(m), buffer, chunk_rows=6)
+        torch.testing.assert_close(loss, _reference_loss(hidden, weight, targets, 0.1, float(m)), rtol=1e-6, atol=0)
+    empty = head_cross_entropy_sum(torch.zeros(0, 8, requires_grad=True), weight, torch.zeros(0, dtype=torch.long),
+                                   0.1, MASK_EPS, buffer)
+    assert empty.item() == 0.0
+
+
+def test_masked_loss_fused_and_plain_agree_and_fallbacks():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (2, 5))
+    mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
+    assert fused_head_applies(hidden, head)
+    grads = []
+    for fused in (True, False):
+        hidden.grad = None
+        loss = masked_lm_loss(hidden, head, targets, mask, 0.1, fused=fused)
+        loss.backward()
+        grads.append((loss.detach(), hidden.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-8)
+    assert grads[0][1][0, 0].abs().max() == 0  # unmasked positions get no gradient
+    biased = torch.nn.Linear(8, 50, bias=True)
+    assert not fused_head_applies(hidden, biased)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused_head_applies(hidden, head)
+
+
+def _packed_qkv(lengths, heads=4, dh=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    qkv = torch.randn(n, 3 * heads * dh, generator=g)
+    ends = torch.tensor(lengths).cumsum(0).tolist()
+    bounds = tuple((e - k, e) for e, k in zip(ends, lengths))
+    return qkv, bounds
+
+
+def test_varlen_attention_equals_sdpa_per_sequence():
+    heads, dh = 4, 8
+    lengths = [5, 1, 12, 3]
+    qkv, bounds = _packed_qkv(lengths, heads, dh)
+    upstream = torch.randn(qkv.shape[0], heads * dh, generator=torch.Generator().manual_seed(5))
+    x = qkv.clone().requires_grad_(True)
+    out = varlen_causal_attention(x, bounds, heads, 0.3)
+    out.backward(upstream)
+    ref_x = qkv.clone().requires_grad_(True)
+    ref_parts = []
+    for start, end in bounds:
+        q, k, v = ref_x[start:end].view(end - start, 3, heads, dh).permute(1, 2, 0, 3).unbind(0)  # [H, L, dh]
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3)
+        ref_parts.append(o.transpose(0, 1).reshape(end - start, heads * dh))
+    ref = torch.cat(ref_parts)
+    ref.backward(upstream)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
+    # sequences do not see each other: changing the last sequence leaves the others' outputs bitwise equal
+    other = qkv.clone()
+    other[bounds[-1][0]:] += 1.0
+    with torch.no_grad():
+        changed = varlen_causal_attention(other, bounds, heads, 0.3)
+    assert torch.equal(changed[:bounds[-1][0]], out.detach()[:bounds[-1][0]])
+    assert not torch.equal(changed[bounds[-1][0]:], out.detach()[bounds[-1][0]:])
+
+
+def test_packed_varlen_equals_packed_grid():
+    model = _model()
+    b = _batch()
+    results = []
+    for varlen in (True, False):
+        model.zero_grad()
+        hidden, flat = packed.packed_hidden(model.transformer, b.input_ids, b.position_ids, b.lengths, varlen=varlen)
+        hidden.pow(2).mean().backward()
+        results.append((hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for name, grad in results[1][1].items():
+        assert grad.abs().max() > 0
+        torch.testing.assert_close(results[0][1][name], grad, rtol=1e-5, atol=2e-5 * grad.abs().max().item())
+
+
+def test_masked_loss_module_reuses_one_logits_buffer():
+    model = _model()
+    module = MaskedLMLoss(model)
+    b = _batch()
+    first = module(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, 0.1)
+    buffer = module.logits_buffer._flat
+    second = module(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, 0.1)
+    assert module.logits_buffer._flat is buffer and buffer.numel() == int(b.mask.sum()) * model.config.vocab_size
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("slices", [(0, 2), (1,), (0, 1, 2)])
+def test_lora_single_pass_forward_equals_the_formula(slices):
+    torch.manual_seed(0)
+    base = Conv1D(3 * 6, 5)
+    torch.nn.init.normal_(base.bias)
+    layer = LoRAConv1D(base, rank=2, alpha=4.0, n_slices=3, slices=slices)
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(7, 5, requires_grad=True)
+    out = layer(x)
+    delta = torch.zeros(5, 18)
+    for g, s in enumerate(slices):
+        a = layer.lora_A[g * 2:(g + 1) * 2]  # r × in
+        bm = layer.lora_B[g * 6:(g + 1) * 6]  # out_slice × r
+        delta[:, s * 6:(s + 1) * 6] = (bm @ a).t() * 2.0
+    ref = x @ (base.weight + delta) + base.bias
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the autocast branch computes the same function
+        torch.testing.assert_close(layer(x).float(), ref, rtol=5e-2, atol=5e-2)
+    out.sum().backward()
+    assert layer.lora_A.grad is not None and layer.lora_B.grad.abs().max() > 0 and x.grad is not None
