@@ -88,6 +88,36 @@ def packed_hidden(transformer: GPT2Model, input_ids: torch.Tensor, position_ids:
             o = varlen_causal_attention(qkv, bounds, attn.num_heads, attn.scaling)
         else:
             o = _grid_attention(qkv, flat, b, t, attn)
-        x = x + attn.resid_dropout(attn.c_proj(o))
-        x = x + block.mlp(block.ln_2(x))
+        x = _residual_linear(x, o, attn.c_proj, attn.resid_dropout)
+        mlp = block.mlp
+        h = mlp.c_fc(block.ln_2(x))
+        act = mlp.act
+        g = _TanhGelu.apply(h) if type(act) is nn.GELU and act.approximate == "tanh" else act(h)
+        x = _residual_linear(x, g, mlp.c_proj, mlp.dropout)
     return transformer.ln_f(x), flat
+
+
+def _residual_linear(x: torch.Tensor, inp: torch.Tensor, conv: nn.Module, dropout: nn.Module) -> torch.Tensor:
+    """``x + dropout(conv(inp))``; for a plain Conv1D without active dropout as ``(x + bias) += inp @ W`` in place,
+    so the matmul accumulates onto the residual instead of writing a separate output to add afterwards."""
+    if type(conv) is Conv1D and (dropout.p == 0.0 or not dropout.training):
+        return torch.add(x, conv.bias).addmm_(inp.reshape(-1, conv.nx), conv.weight)
+    return x + dropout(conv(inp))
+
+
+class _TanhGelu(torch.autograd.Function):
+    """``F.gelu(h, approximate="tanh")`` whose backward writes into the incoming gradient instead of a fresh
+    tensor. Safe here: the gradient reaching it is the fresh ``dY @ W^T`` of the MLP's output projection, its only
+    consumer."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h)
+        return F.gelu(h, approximate="tanh")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (h,) = ctx.saved_tensors
+        if not grad.is_contiguous() or grad.shape != h.shape:
+            return torch.ops.aten.gelu_backward(grad, h, approximate="tanh")
+        return torch.ops.aten.gelu_backward.grad_input(grad, h, approximate="tanh", grad_input=grad)

@@ -4,7 +4,9 @@ Every variant trains the same real E2E batches (batch 8, drawn with the paper's 
 the same random weights, LoRA r=4, alpha 32, dropout 0.1, fp32, label smoothing 0.1, each in its own process
 (so peak memory is its own). Printed per variant: real (non-pad) tokens/s, peak resident memory (and the part
 above the loaded model), the loss of the first step (B = 0, so every variant computes the base model's loss: it
-must agree) and the fraction of this machine's measured fp32 matmul peak that the *useful* FLOPs reach.
+must agree) and the fraction of this machine's measured fp32 matmul peak that the *useful* FLOPs reach. Every
+variant trains on the batches once untimed and is timed on a second pass over them (the steady state of a long
+run; see ``_timed``).
 
 Useful FLOPs of a batch are the same for every variant: the forward pass over the real tokens (linear layers,
 causal attention, the LM head only at the positions the loss uses) plus the backward pass a LoRA update needs
@@ -214,16 +216,23 @@ def run_authors(batches, precision: str, workdir: Path, authors_path: Path) -> d
 
 
 def _timed(step, batches, base_rss: int) -> dict:
-    """Run the steps; the matmul peak is measured in the same process just before and after (shared machines
-    drift: the fraction of peak is taken against what this process could get at the time)."""
+    """Train on every batch once untimed, then time a second pass over the same batches.
+
+    The untimed pass brings the process to the steady state of a long run: the allocator's heap has reached its
+    high-water mark (in a fresh process a batch longer than any before it pays ~0.5 s of first-touch page faults
+    on this VM) and every lazily built buffer exists. The matmul peak is measured in the same process just before
+    and after (shared machines drift: the fraction of peak is taken against what this process could get then).
+    """
     peak = matmul_peak(1.5)
+    warm_losses = [step(batch) for batch in batches]
     times, losses = [], []
     for batch in batches:
         t0 = time.perf_counter()
         losses.append(step(batch))
         times.append(time.perf_counter() - t0)
     peak = max(peak, matmul_peak(1.5))
-    return {"times": times, "losses": losses, "base_rss": base_rss, "peak_rss": peak_rss_bytes(), "peak": peak}
+    return {"times": times, "losses": losses, "warm_losses": warm_losses, "base_rss": base_rss,
+            "peak_rss": peak_rss_bytes(), "peak": peak}
 
 
 def child(args) -> None:
@@ -246,7 +255,7 @@ def child(args) -> None:
 def main(argv=None) -> int:
     global CARD
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=3, help="timed steps per variant (one more untimed warm-up step)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per variant (each batch is trained on once untimed first)")
     p.add_argument("--rounds", type=int, default=2,
                    help="run every variant this many times, alternating, and keep each step's best time")
     p.add_argument("--authors-rounds", type=int, default=1, help="rounds for the authors' (slow) code")
@@ -276,8 +285,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_train.") as tmp:
         tmp = Path(tmp)
         examples, source = e2e_examples(tmp)
-        n = args.steps + 1
-        batches = draw_batches(examples, max(n, (args.authors_steps or args.steps) + 1))
+        n = args.steps
+        batches = draw_batches(examples, max(n, args.authors_steps or args.steps))
         print(f"data: {source}; batch 8; {CARD} shape, random weights; LoRA r={RANK} q,v; "
               f"{args.precision}; threads {args.threads or torch.get_num_threads()}", flush=True)
         peak = matmul_peak()
@@ -290,7 +299,7 @@ def main(argv=None) -> int:
             for v in variants:
                 if v == "authors" and rnd >= args.authors_rounds:
                     continue
-                steps = (args.authors_steps or args.steps) + 1 if v == "authors" else n
+                steps = (args.authors_steps or args.steps) if v == "authors" else n
                 use = batches[:steps]
                 if v == "authors":
                     use = [b[: args.authors_batch] for b in use]
@@ -309,10 +318,10 @@ def main(argv=None) -> int:
                 raws[v].append(json.loads((tmp / f"{v}{rnd}.json").read_text()))
         for v in variants:
             runs, use = raws[v], uses[v]
-            timed = use[1:]  # the first step warms up
+            timed = use
             # best of the rounds for every step (the same batch each round), like timeit: load from other
             # processes on a shared machine only ever slows a step down
-            secs = sum(min(r["times"][i] for r in runs) for i in range(1, len(use)))
+            secs = sum(min(r["times"][i] for r in runs) for i in range(len(use)))
             peak_v = max(r["peak"] for r in runs)
             tokens = sum(len(e.input) for b in timed for e in b)
             flops = sum(useful_flops(b, mc.n_layer, mc.n_embd, mc.vocab_size) for b in timed)
@@ -324,8 +333,8 @@ def main(argv=None) -> int:
                 "peak_fraction": flops / secs / peak_v,
                 "peak_rss_gib": max(r["peak_rss"] for r in runs) / 2**30,
                 "above_model_gib": max(r["peak_rss"] - r["base_rss"] for r in runs) / 2**30,
-                "first_loss": runs[0]["losses"][0],
-                "losses": runs[0]["losses"],
+                "first_loss": runs[0]["warm_losses"][0],
+                "losses": runs[0]["warm_losses"],
                 "rounds": len(runs),
             }
     print()

@@ -96,7 +96,11 @@ def _packed_qkv(lengths, heads=4, dh=8, seed=0):
     return qkv, bounds
 
 
-def test_varlen_attention_equals_sdpa_per_sequence():
+@pytest.mark.parametrize("math_max_len", [128, 4, 0])  # all by matmuls, mixed, all by the flash kernel
+def test_varlen_attention_equals_sdpa_per_sequence(math_max_len, monkeypatch):
+    from nlg import varlen_attention
+
+    monkeypatch.setattr(varlen_attention, "MATH_MAX_LEN", math_max_len)
     heads, dh = 4, 8
     lengths = [5, 1, 12, 3]
     qkv, bounds = _packed_qkv(lengths, heads, dh)
