@@ -34,6 +34,22 @@ _ALIASES = {
 }
 
 
+_INT31 = 2 ** 31  # ``random_()`` on int32 draws uniformly from [0, 2^31)
+
+
+def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout drawing one 31-bit uniform integer per element (from torch's generator, so seeds and
+    checkpointed RNG states govern it) instead of ``bernoulli_``, which costs twice as much on the CPU: each
+    element is kept with probability 1 - p (to within 2^-31) and kept ones are scaled by 1 / (1 - p), the same
+    distribution as ``nn.Dropout``. LoRA's input dropout (every adapted layer, every token) is a few per cent of a
+    CPU step either way."""
+    if p <= 0.0:
+        return x
+    draws = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_()
+    keep = (draws >= round(p * _INT31)).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * keep
+
+
 class LoRAError(ValueError):
     """A LoRA request that does not fit the model (bad rank, unknown target, shape mismatch)."""
 
@@ -143,7 +159,11 @@ class LoRAConv1D(Conv1D):
         # dropout(x) @ A^T for every adapted slice in one matmul; then x @ W, onto which one thin in-place matmul
         # adds the B blocks (in their slices' columns, zero elsewhere) and the bias (a row of B against a column
         # of ones): one pass over the output for LoRA and bias together, none in the backward
-        after_a = self.lora_dropout(x2) @ self.lora_A.t()  # (N, G·r)
+        if self.training and type(self.lora_dropout) is nn.Dropout and x2.device.type == "cpu":
+            dropped = cpu_dropout(x2, self.lora_dropout.p)
+        else:
+            dropped = self.lora_dropout(x2)
+        after_a = dropped @ self.lora_A.t()  # (N, G·r)
         if torch.is_autocast_enabled(x2.device.type):  # in-place accumulation would mix dtypes
             lora_and_bias = torch.addmm(self.bias, after_a, self._b_full(), alpha=self.scaling)
             return torch.addmm(lora_and_bias, x2, self.weight).view(size_out)

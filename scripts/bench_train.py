@@ -126,6 +126,7 @@ def run_ours(batches, precision: str, workdir: Path) -> dict:
         trainer = Trainer(cfg, device="cpu", quiet=True)
     finally:
         train_mod.load_model = real_load
+    trainer.model.train()  # as Trainer.run does: LoRA dropout active, like the other variants
     base = rss_bytes()
 
     def step(batch):

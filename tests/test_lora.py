@@ -12,6 +12,7 @@ from nlg.config import TrainConfig
 from nlg.lora import (
     LoRAConv1D,
     LoRAError,
+    cpu_dropout,
     count_trainable,
     inject_lora,
     lora_modules,
@@ -178,12 +179,30 @@ def test_dropout_only_on_the_lora_input_path():
     torch.manual_seed(7)
     got = layer.train()(x)
     torch.manual_seed(7)
-    dropped = F.dropout(x, 0.5, training=True)
+    dropped = cpu_dropout(x, 0.5)  # the CPU path's dropout (same seed, same draws)
+    assert 0 < int((dropped == 0).sum()) < dropped.numel()
     expected = x @ base.weight + base.bias
     upd = (4 / 2) * (dropped @ layer.lora_A.T)  # both slices share one dropout mask, as in the authors' layer
     expected[:, 0:4] += upd[:, 0:2] @ layer.lora_B[0:4].T
     expected[:, 8:12] += upd[:, 2:4] @ layer.lora_B[4:8].T
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_cpu_dropout_is_inverted_dropout_with_keep_probability_one_minus_p():
+    x = torch.rand(1000, 1000) + 0.5  # no zeros of its own
+    torch.manual_seed(3)
+    y = cpu_dropout(x, 0.1)
+    kept = y != 0
+    # 10^6 Bernoulli(0.9) draws: the kept fraction is within 5 standard deviations (0.0003 each) of 0.9
+    assert abs(kept.float().mean().item() - 0.9) < 5 * 3e-4
+    torch.testing.assert_close(y[kept], x[kept] / 0.9, rtol=1e-6, atol=0)
+    torch.manual_seed(3)
+    assert torch.equal(cpu_dropout(x, 0.1), y)  # torch's generator drives it: seeds reproduce it
+    assert cpu_dropout(x, 0.0) is x
+    xg = x[:4, :5].clone().requires_grad_(True)
+    out = cpu_dropout(xg, 0.5)
+    out.sum().backward()
+    torch.testing.assert_close(xg.grad, (out != 0).float() * 2.0)
 
 
 def test_training_a_merged_model_is_refused(tiny_model):

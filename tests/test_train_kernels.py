@@ -173,3 +173,26 @@ def test_lora_single_pass_forward_equals_the_formula(slices):
         torch.testing.assert_close(layer(x).float(), ref, rtol=5e-2, atol=5e-2)
     out.sum().backward()
     assert layer.lora_A.grad is not None and layer.lora_B.grad.abs().max() > 0 and x.grad is not None
+
+
+@pytest.mark.parametrize("method,kw", [
+    ("ft", {}),  # every weight trains: the in-place residual matmuls must also give weight gradients
+    ("lora", {"lora_targets": "q,v,o,c_fc,c_proj"}),  # LoRA on the projections: those go the module's own way
+])
+def test_packed_equals_padded_for_trainable_projections(method, kw):
+    model = _model(method, **kw)
+    assert packed.supports(model)
+    b = _batch()
+    results = []
+    for use_packed in (True, False):
+        model.zero_grad()
+        loss = MaskedLMLoss(model, packed=use_packed)(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, 0.1)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                        if p.requires_grad and p.grad is not None}))
+    (lp, gp), (lf, gf) = results
+    torch.testing.assert_close(lp, lf, rtol=1e-6, atol=0)
+    assert gp.keys() == gf.keys()
+    assert any("mlp.c_fc" in n for n in gp) and any("attn.c_proj" in n for n in gp)
+    for name in gp:
+        torch.testing.assert_close(gp[name], gf[name], rtol=1e-5, atol=2e-5 * gf[name].abs().max().item() + 1e-12)
