@@ -12,7 +12,7 @@ from nlg.head_loss import LogitsBuffer, head_cross_entropy_sum
 from nlg.loss import MASK_EPS, MaskedLMLoss, fused_head_applies, masked_lm_loss
 from nlg.lora import LoRAConv1D
 from nlg.varlen_attention import varlen_causal_attention
-from tests.test_train_packed import _batch, _model
+from tests.test_train_packed import _batch, _model, packed_and_padded
 from transformers.pytorch_utils import Conv1D
 
 
@@ -182,15 +182,7 @@ def test_lora_single_pass_forward_equals_the_formula(slices):
 def test_packed_equals_padded_for_trainable_projections(method, kw):
     model = _model(method, **kw)
     assert packed.supports(model)
-    b = _batch()
-    results = []
-    for use_packed in (True, False):
-        model.zero_grad()
-        loss = MaskedLMLoss(model, packed=use_packed)(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, 0.1)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                                        if p.requires_grad and p.grad is not None}))
-    (lp, gp), (lf, gf) = results
+    (lp, gp), (lf, gf) = packed_and_padded(model)
     torch.testing.assert_close(lp, lf, rtol=1e-6, atol=0)
     assert gp.keys() == gf.keys()
     assert any("mlp.c_fc" in n for n in gp) and any("attn.c_proj" in n for n in gp)
