@@ -100,7 +100,8 @@ def packed_hidden(transformer: GPT2Model, input_ids: torch.Tensor, position_ids:
 def _residual_linear(x: torch.Tensor, inp: torch.Tensor, conv: nn.Module, dropout: nn.Module) -> torch.Tensor:
     """``x + dropout(conv(inp))``; for a plain Conv1D without active dropout as ``(x + bias) += inp @ W`` in place,
     so the matmul accumulates onto the residual instead of writing a separate output to add afterwards."""
-    if type(conv) is Conv1D and (dropout.p == 0.0 or not dropout.training):
+    if (type(conv) is Conv1D and (dropout.p == 0.0 or not dropout.training)
+            and not torch.is_autocast_enabled(x.device.type)):  # in place would mix autocast's dtypes
         return torch.add(x, conv.bias).addmm_(inp.reshape(-1, conv.nx), conv.weight)
     return x + dropout(conv(inp))
 

@@ -275,3 +275,12 @@ def test_bucket_by_length_is_a_deterministic_regrouping_of_the_same_epoch():
     spread = lambda plan: sum(max(len(examples[i].input) for i in b) - min(len(examples[i].input) for i in b)
                               for b in plan.batches)
     assert spread(buckets[0]) < spread(plain)  # rows of a batch have close lengths: less padding
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_train_end_to_end(tmp_path, precision):
+    """--precision bf16/fp16 (never the paper default) trains through the packed path and saves an adapter."""
+    out = train(_cfg(tmp_path, precision=precision, max_steps=3, lora_dropout=0.1), quiet=True)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and math.isfinite(summary["final_train_loss"])
+    assert (out / "adapter").is_dir()
