@@ -10,7 +10,7 @@ module, turns them in place into the gradient of the loss with respect to the lo
 (``softmax - (1 - ls) * onehot(target) - ls / V``) and multiplies that by ``W`` at once; the backward pass only
 scales the stored ``[M, d]`` result. The loss per row is the same formula as ``F.cross_entropy``'s
 (``(1 - ls) * (lse - z_t) + ls * (lse - mean(z))``, i.e. ``(1 - ls) * nll + ls * mean_over_vocab(-log p)``);
-tests/test_train.py checks loss and gradients against it.
+tests/test_train_kernels.py checks loss and gradients against it.
 """
 from __future__ import annotations
 

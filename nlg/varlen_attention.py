@@ -13,6 +13,8 @@ compares outputs and gradients, both routes, with SDPA.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -29,19 +31,10 @@ def _views(x: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.T
     return tuple(x[start:end, i].transpose(0, 1) for i in range(3))
 
 
-_MASKS: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _causal_mask(length: int, like: torch.Tensor) -> torch.Tensor:
+@functools.lru_cache(maxsize=1024)
+def _causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``[L, L]`` additive mask: 0 on and below the diagonal, -inf above (cached per length)."""
-    key = (length, like.dtype, like.device)
-    mask = _MASKS.get(key)
-    if mask is None:
-        if len(_MASKS) > 1024:
-            _MASKS.clear()
-        mask = _MASKS[key] = torch.full((length, length), float("-inf"), dtype=like.dtype,
-                                        device=like.device).triu(1)
-    return mask
+    return torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu(1)
 
 
 def _use_math(length: int, dtype: torch.dtype) -> bool:
@@ -59,7 +52,7 @@ class _VarlenCausalAttention(torch.autograd.Function):
         for start, end in bounds:
             q, k, v = _views(x, start, end)
             if _use_math(end - start, qkv.dtype):
-                probs = torch.baddbmm(_causal_mask(end - start, q), q, k.transpose(1, 2), alpha=scale).softmax(-1)
+                probs = torch.baddbmm(_causal_mask(end - start, q.dtype, q.device), q, k.transpose(1, 2), alpha=scale).softmax(-1)
                 o = torch.bmm(probs, v)  # [H, L, dh]
                 saved.append(probs)
             else:

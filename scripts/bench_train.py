@@ -226,13 +226,13 @@ def _timed(step, batches, base_rss: int) -> dict:
     """
     peak = matmul_peak(1.5)
     warm_losses = [step(batch) for batch in batches]
-    times, losses = [], []
+    times = []
     for batch in batches:
         t0 = time.perf_counter()
-        losses.append(step(batch))
+        step(batch)
         times.append(time.perf_counter() - t0)
     peak = max(peak, matmul_peak(1.5))
-    return {"times": times, "losses": losses, "warm_losses": warm_losses, "base_rss": base_rss,
+    return {"times": times, "warm_losses": warm_losses, "base_rss": base_rss,
             "peak_rss": peak_rss_bytes(), "peak": peak}
 
 
@@ -319,16 +319,15 @@ def main(argv=None) -> int:
                 raws[v].append(json.loads((tmp / f"{v}{rnd}.json").read_text()))
         for v in variants:
             runs, use = raws[v], uses[v]
-            timed = use
             # best of the rounds for every step (the same batch each round), like timeit: load from other
             # processes on a shared machine only ever slows a step down
             secs = sum(min(r["times"][i] for r in runs) for i in range(len(use)))
             peak_v = max(r["peak"] for r in runs)
-            tokens = sum(len(e.input) for b in timed for e in b)
-            flops = sum(useful_flops(b, mc.n_layer, mc.n_embd, mc.vocab_size) for b in timed)
+            tokens = sum(len(e.input) for b in use for e in b)
+            flops = sum(useful_flops(b, mc.n_layer, mc.n_embd, mc.vocab_size) for b in use)
             results[v] = {
                 "tokens_per_s": tokens / secs,
-                "s_per_step": secs / len(timed),
+                "s_per_step": secs / len(use),
                 "useful_gflops": flops / secs / 1e9,
                 "peak_gflops": peak_v / 1e9,
                 "peak_fraction": flops / secs / peak_v,

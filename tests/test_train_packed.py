@@ -33,13 +33,16 @@ def _batch():
     return collate(rows)
 
 
-def packed_and_padded(model):
-    """(loss, {name: gradient}) of ``_batch()`` through the packed forward, then through the padded one."""
+def packed_and_padded(model, autocast: torch.dtype | None = None):
+    """(loss, {name: gradient}) of ``_batch()`` through the packed forward, then through the padded one
+    (optionally under CPU autocast to ``autocast``)."""
     b = _batch()
     results = []
     for use_packed in (True, False):
         model.zero_grad()
-        loss = MaskedLMLoss(model, packed=use_packed)(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, 0.1)
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = MaskedLMLoss(model, packed=use_packed)(b.input_ids, b.position_ids, b.targets, b.mask,
+                                                          b.lengths, 0.1)
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                         if p.requires_grad and p.grad is not None}))
