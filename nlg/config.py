@@ -59,6 +59,7 @@ class TrainConfig:
     # engineering options (never change paper numbers when left at their defaults)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
     bucket_by_length: bool = False
+    cpu_prepack: bool = True  # CPU fp32: frozen base weights pre-packed for MKL's GEMM (nlg/mkl_prepack.py)
     save_interval: int = 1000
     log_interval: int = 100
     resume: bool = False

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_ROWS = 512  # rows of logits per chunk: 512 × 50,257 fp32 ≈ 103 MB of buffer, and matmuls that stay efficient
+from nlg.mkl_prepack import mm_out
+
+CHUNK_ROWS = 256  # rows of logits per chunk: 256 × 50,257 fp32 ≈ 51 MB of buffer, and matmuls that stay efficient
 
 
 class LogitsBuffer:
@@ -46,7 +48,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
             h = hidden[start:start + chunk_rows]
             t = targets[start:start + chunk_rows]
             z = buffer.get(h.shape[0], vocab, hidden)
-            torch.mm(h, weight.t(), out=z)
+            mm_out(h, weight, z, transpose=True)
             z_t = z.gather(1, t.unsqueeze(1)).squeeze(1)
             mean_z = z.mean(1) if ls else None
             top = z.amax(1, keepdim=True)
@@ -64,7 +66,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 rows = torch.arange(z.shape[0], device=z.device)
                 z[rows, t] -= 1.0 - ls
                 if want_h:
-                    torch.mm(z, weight, out=grad_h[start:start + chunk_rows])
+                    mm_out(z, weight, grad_h[start:start + chunk_rows])
                 if want_w:
                     grad_w.addmm_(z.t(), h)
         loss = total / denom

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from nlg.mkl_prepack import frozen_mm
+
 ATTN_SLICES = {"q": 0, "k": 1, "v": 2}
 TARGET_ORDER = ("q", "k", "v", "o", "c_fc", "c_proj")
 _ALIASES = {
@@ -37,16 +39,19 @@ _ALIASES = {
 _INT31 = 2 ** 31  # ``random_()`` on int32 draws uniformly from [0, 2^31)
 
 
-def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+def cpu_dropout(x: torch.Tensor, p: float, scale: bool = True) -> torch.Tensor:
     """Inverted dropout drawing one 31-bit uniform integer per element (from torch's generator, so seeds and
     checkpointed RNG states govern it) instead of ``bernoulli_``, which costs twice as much on the CPU: each
     element is kept with probability 1 - p (to within 2^-31) and kept ones are scaled by 1 / (1 - p), the same
-    distribution as ``nn.Dropout``. LoRA's input dropout (every adapted layer, every token) is a few per cent of a
-    CPU step either way."""
+    distribution as ``nn.Dropout``. With ``scale=False`` the kept values are left unscaled, for a caller that
+    applies 1 / (1 - p) after a matmul that shrinks the tensor (LoRA: after ``A``, on r columns instead of d).
+    LoRA's input dropout (every adapted layer, every token) is a few per cent of a CPU step either way."""
     if p <= 0.0:
         return x
     draws = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_()
-    keep = (draws >= round(p * _INT31)).to(x.dtype).mul_(1.0 / (1.0 - p))
+    keep = torch.ge(draws, round(p * _INT31), out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+    if scale:
+        keep.mul_(1.0 / (1.0 - p))
     return x * keep
 
 
@@ -160,16 +165,18 @@ class LoRAConv1D(Conv1D):
         # adds the B blocks (in their slices' columns, zero elsewhere) and the bias (a row of B against a column
         # of ones): one pass over the output for LoRA and bias together, none in the backward
         if self.training and type(self.lora_dropout) is nn.Dropout and x2.device.type == "cpu":
-            dropped = cpu_dropout(x2, self.lora_dropout.p)
+            p = self.lora_dropout.p
+            after_a = cpu_dropout(x2, p, scale=False) @ self.lora_A.t()  # (N, G·r)
+            if p > 0.0:
+                after_a.mul_(1.0 / (1.0 - p))  # dropout's scale, on G·r columns instead of nx
         else:
-            dropped = self.lora_dropout(x2)
-        after_a = dropped @ self.lora_A.t()  # (N, G·r)
+            after_a = self.lora_dropout(x2) @ self.lora_A.t()  # (N, G·r)
         if torch.is_autocast_enabled(x2.device.type):  # in-place accumulation would mix dtypes
             lora_and_bias = torch.addmm(self.bias, after_a, self._b_full(), alpha=self.scaling)
             return torch.addmm(lora_and_bias, x2, self.weight).view(size_out)
         a_and_one = torch.cat([after_a, after_a.new_ones(after_a.shape[0], 1)], dim=1)  # (N, G·r + 1)
         b_and_bias = torch.cat([self._b_full() * self.scaling, self.bias.unsqueeze(0)], dim=0)  # (G·r + 1, nf)
-        return torch.mm(x2, self.weight).addmm_(a_and_one, b_and_bias).view(size_out)
+        return frozen_mm(x2, self.weight).addmm_(a_and_one, b_and_bias).view(size_out)
 
     @torch.no_grad()
     def merge(self) -> None:

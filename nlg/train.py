@@ -29,10 +29,12 @@ import torch
 from tqdm import tqdm
 
 from nlg import distributed as dist_utils
+from nlg import packed as packed_path
 from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, read_encoded, total_steps, valid_batches
 from nlg.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nlg.config import DATASETS, METHODS, TrainConfig, default_data_dir, paper_train_config
 from nlg.io_utils import atomic_open, write_json
+from nlg.mkl_prepack import pack_frozen
 from nlg.loss import MaskedLMLoss
 from nlg.methods import get_method
 from nlg.methods.counts import count_line, exact_counts
@@ -215,6 +217,11 @@ class Trainer:
 
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.ddp = DDP(self.loss_module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
+        self.packs = None  # CPU fp32: frozen weights packed once for MKL's GEMM (after DDP's broadcast of the
+        # weights), for the packed GPT-2 path that uses them; freed when run() ends
+        if (cfg.cpu_prepack and self.dist.device.type == "cpu" and cfg.precision == "fp32"
+                and packed_path.supports(self.model)):
+            self.packs = pack_frozen(self.model)
         self.progress = Progress()
         self.pad_rng = random.Random(PAD_RNG_SEED)
         self.pad_rng_epoch_start = self.pad_rng.getstate()
@@ -348,6 +355,13 @@ class Trainer:
         if self.mode == "finished":
             self.info(f"{self.run_dir}: this run already finished (train_summary.json); nothing to do")
             return self.run_dir
+        try:
+            return self._run()
+        finally:
+            if self.packs is not None:
+                self.packs.release()
+
+    def _run(self) -> Path:
         cfg, p = self.cfg, self.progress
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=p.step, desc="train", unit="step", disable=self.quiet,

@@ -200,3 +200,27 @@ def test_packed_path_under_autocast_matches_the_padded_one(dtype):
         a, r = gp[name].float(), gf[name].float()
         assert torch.isfinite(a).all() and a.abs().max() > 0
         assert (a - r).norm() <= 0.1 * r.norm()
+
+
+@pytest.mark.parametrize("shape", [(37, 4096), (3, 50), (1, 70000)])
+def test_tanh_gelu_and_its_kept_derivative_equal_pytorch(shape):
+    """packed._TanhGelu: h * sigmoid(2z) by chunks of rows, derivative kept from the forward, vs F.gelu(tanh)."""
+    g = torch.Generator().manual_seed(4)
+    h0 = torch.randn(*shape, generator=g) * 3
+    h0.view(-1)[: 5] = torch.tensor([0.0, -12.0, 12.0, -30.0, 1e-6])  # zero, saturated tails, a tiny value
+    up = torch.randn(*shape, generator=g)
+    results = []
+    for ours in (True, False):
+        h = h0.clone().requires_grad_(True)
+        y = packed._TanhGelu.apply(h) if ours else F.gelu(h, approximate="tanh")
+        y.backward(up.clone())  # ours multiplies the incoming gradient in place
+        results.append((y.detach(), h.grad))
+    (yo, go), (yr, gr) = results
+    torch.testing.assert_close(yo, yr, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(go, gr, rtol=2e-5, atol=1e-5)
+    with torch.no_grad():  # no derivative kept without grad, same values
+        assert torch.equal(packed._TanhGelu.apply(h0), yo)
+    # a non-contiguous input takes PyTorch's kernels
+    t = torch.cat([h0, h0], dim=1)[:, ::2]
+    assert not t.is_contiguous()
+    assert torch.equal(packed._tanh_gelu_forward(t)[0], F.gelu(t, approximate="tanh"))
