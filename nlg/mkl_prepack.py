@@ -2,10 +2,12 @@
 
 MKL's sgemm copies ("packs") both operands into its blocked layout on every call. With LoRA the base weights
 never change, yet at E2E's ~500 real tokens per batch packing a GPT-2 medium weight on every call costs about 7 %
-of each matmul. MKL's packed-GEMM API (``sgemm_pack`` once, ``sgemm_compute`` per call) removes that cost; torch
-ships MKL and exports the API's Fortran symbols from ``libtorch_cpu``, which this module calls through ctypes.
-Only the forward ``x @ W`` uses the packed copy (about the weight's size again in memory, pages MKL does not
-write are never touched); the backward ``dY @ W^T`` stays a plain ``torch.mm``.
+of each matmul (15 % for the LM head's ~250 loss rows). MKL's packed-GEMM API (``sgemm_pack`` once,
+``sgemm_compute`` per call) removes that cost; torch ships MKL and exports the API's Fortran symbols from
+``libtorch_cpu``, which this module calls through ctypes. Packed: the blocks' forward ``x @ W`` and the LM head's
+``h @ W^T`` (logits) and ``g @ W`` (their gradient), each copy about its weight's size in memory (the pages of
+MKL's size bound that it does not write are never touched); the blocks' backward ``dY @ W^T`` stays a plain
+``torch.mm`` (a second copy of every weight would cost more memory than peft's training uses).
 
 Used only on the CPU, in fp32, outside autocast, for weights that do not require grad and that a ``Packs`` object
 packed (``pack_frozen(model)``; the trainer does this unless ``--no-cpu-prepack``). A pack is used only while its
@@ -29,14 +31,15 @@ _NOMINAL_ROWS = 512  # the n MKL is told at packing time; the packed layout does
 
 
 class _Mkl:
-    """The four Fortran entry points (LP64: 32-bit integers, all arguments by reference)."""
+    """The three Fortran entry points, in their explicit 64-bit-integer form (``*_64``: the same whichever integer
+    width torch's MKL interface was built with), all arguments by reference."""
 
     def __init__(self, lib: ctypes.CDLL):
-        self.get_size = lib.SGEMM_PACK_GET_SIZE
+        self.get_size = lib.SGEMM_PACK_GET_SIZE_64
         self.get_size.restype = ctypes.c_size_t
-        self.pack = lib.SGEMM_PACK
+        self.pack = lib.SGEMM_PACK_64
         self.pack.restype = None
-        self.compute = lib.SGEMM_COMPUTE
+        self.compute = lib.SGEMM_COMPUTE_64
         self.compute.restype = None
 
 
@@ -44,8 +47,8 @@ _MKL: _Mkl | None = None
 _MKL_CHECKED = False
 
 
-def _int(v: int) -> ctypes.c_int:
-    return ctypes.c_int(int(v))
+def _int(v: int) -> ctypes.c_int64:
+    return ctypes.c_int64(int(v))
 
 
 def _load() -> _Mkl | None:

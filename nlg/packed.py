@@ -5,7 +5,9 @@ LoRA can run on the real tokens of a batch stacked into one ``[N_real, d]`` matr
 sequences apart: q, k, v are scattered into a ``[B, T]`` grid (pads after the real tokens, causal attention, so a
 pad never reaches a real position), attended with ``scaled_dot_product_attention(is_causal=True)`` and gathered
 back; on the CPU each sequence is attended on its own rows instead (nlg.varlen_attention), with no grid at all.
-On E2E batches about a quarter of a padded batch's rows are padding; here they cost nothing.
+On E2E batches about a quarter of a padded batch's rows are padding; here they cost nothing. On the CPU in fp32
+the frozen weights' matmuls go through MKL's pre-packed copies when the trainer made them (nlg.mkl_prepack), and
+GPT-2's tanh GELU through a cache-chunked kernel that keeps its derivative (``_TanhGelu``).
 
 The path calls the model's own modules (``ln_1``, ``attn.c_attn`` with its LoRA, ``attn.c_proj``, ``mlp``,
 ``ln_2``, ``ln_f``) and re-implements only GPT-2's block wiring and attention core, so it is used only when
@@ -92,18 +94,27 @@ def packed_hidden(transformer: GPT2Model, input_ids: torch.Tensor, position_ids:
         else:
             o = _grid_attention(qkv, flat, b, t, attn)
         x = _residual_linear(x, o, attn.c_proj, attn.resid_dropout)
-        mlp = block.mlp
-        h = _linear(block.ln_2(x), mlp.c_fc)
-        act = mlp.act
-        g = _TanhGelu.apply(h) if type(act) is nn.GELU and act.approximate == "tanh" else act(h)
-        x = _residual_linear(x, g, mlp.c_proj, mlp.dropout)
+        x = _residual_linear(x, _mlp_hidden(block.ln_2(x), block.mlp), block.mlp.c_proj, block.mlp.dropout)
     return transformer.ln_f(x), flat
+
+
+def _mlp_hidden(x: torch.Tensor, mlp: GPT2MLP) -> torch.Tensor:
+    """``act(c_fc(x))``. For GPT-2's tanh GELU after a pre-packed frozen ``c_fc`` the bias is added inside the
+    GELU's cached chunks (nlg.mkl_prepack's matmul writes ``x @ W`` alone) instead of being copied into the
+    ``[N, 4d]`` output before the matmul."""
+    act, fc = mlp.act, mlp.c_fc
+    if type(act) is not nn.GELU or act.approximate != "tanh":
+        return act(_linear(x, fc))
+    if (type(fc) is Conv1D and has_pack(fc.weight) and not fc.bias.requires_grad
+            and not torch.is_autocast_enabled(x.device.type)):
+        return _TanhGelu.apply(frozen_mm(x, fc.weight), fc.bias)
+    return _TanhGelu.apply(_linear(x, fc), None)
 
 
 def _linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     """``conv(x)``; for a plain Conv1D as ``bias + x @ W`` with the matmul through MKL's pre-packed weight when the
     trainer packed it (nlg.mkl_prepack), else exactly Conv1D's ``addmm``."""
-    if type(conv) is Conv1D and has_pack(conv.weight):
+    if type(conv) is Conv1D and has_pack(conv.weight) and not torch.is_autocast_enabled(x.device.type):
         return frozen_mm(x, conv.weight, acc=conv.bias.expand(x.shape[0], conv.nf).contiguous())
     return conv(x)
 
@@ -122,56 +133,69 @@ _GELU_K = 0.044715
 _GELU_CHUNK = 65536  # elements per chunk: the passes below stay in the core's L2 cache
 
 
-def _tanh_gelu_forward(h: torch.Tensor, with_derivative: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """GPT-2's tanh GELU, ``0.5 h (1 + tanh(z))`` with ``z = sqrt(2/pi) (h + 0.044715 h^3)``, computed as the
-    identical ``h * S``, ``S = sigmoid(2 z)``, chunk by chunk of rows; with ``with_derivative`` also its
-    derivative ``S + h S (1 - S) 2 sqrt(2/pi) (1 + 3 * 0.044715 h^2)`` from the same ``S``.
+def _tanh_gelu_forward(h: torch.Tensor, with_derivative: bool = False,
+                       bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """GPT-2's tanh GELU of ``u = h (+ bias)``, ``0.5 u (1 + tanh(z))`` with ``z = sqrt(2/pi) (u + 0.044715 u^3)``,
+    computed as the identical ``u * S``, ``S = sigmoid(2 z)``, chunk by chunk of rows; with ``with_derivative``
+    also its derivative ``S + u S (1 - S) 2 sqrt(2/pi) (1 + 3 * 0.044715 u^2)`` from the same ``S``.
 
     PyTorch's fused CPU kernels evaluate tanh with a slow vectorised formula, forward and again backward (~3.8 +
     4.2 ms for E2E's [517, 4096] per layer); its sigmoid goes through MKL's vector library, and the passes below
-    stay in cache. Keeping the derivative instead of ``h`` (same memory) makes the backward one multiplication.
-    Equal to ``F.gelu(h, approximate="tanh")`` and its gradient to float rounding (tests/test_train_kernels.py).
+    stay in cache. Keeping the derivative instead of ``u`` (same memory) makes the backward one multiplication.
+    Equal to ``F.gelu(u, approximate="tanh")`` and its gradient to float rounding (tests/test_train_kernels.py).
     """
-    if h.device.type != "cpu" or h.dtype != torch.float32 or h.dim() != 2 or not h.is_contiguous():
-        if not with_derivative:
-            return F.gelu(h, approximate="tanh"), None
-        return F.gelu(h, approximate="tanh"), torch.ops.aten.gelu_backward(torch.ones_like(h), h, approximate="tanh")
     out = torch.empty_like(h)
     deriv = torch.empty_like(h) if with_derivative else None
     rows = max(1, _GELU_CHUNK // max(h.shape[1], 1))
-    scratch = h.new_empty(min(rows, h.shape[0]), h.shape[1])
-    sig_scratch = None if with_derivative else h.new_empty(min(rows, h.shape[0]), h.shape[1])
+    n = min(rows, h.shape[0])
+    scratch = h.new_empty(n, h.shape[1])
+    sig_scratch = None if with_derivative else h.new_empty(n, h.shape[1])
+    biased = None if bias is None else h.new_empty(n, h.shape[1])
     for start in range(0, h.shape[0], rows):
         x = h[start:start + rows]
+        if biased is not None:
+            x = torch.add(x, bias, out=biased[: x.shape[0]])
         b = scratch[: x.shape[0]]
         s = deriv[start:start + rows] if with_derivative else sig_scratch[: x.shape[0]]
         torch.mul(x, x, out=b)
-        torch.addcmul(x, b, x, value=_GELU_K, out=s)  # h + 0.044715 h^3
+        torch.addcmul(x, b, x, value=_GELU_K, out=s)  # u + 0.044715 u^3
         s.mul_(_GELU_C2)
         torch.sigmoid(s, out=s)  # S
         torch.mul(s, x, out=out[start:start + rows])
         if with_derivative:
-            b.mul_(3.0 * _GELU_K * _GELU_C2).add_(_GELU_C2).mul_(x)  # h 2 sqrt(2/pi) (1 + 3 k h^2)
+            b.mul_(3.0 * _GELU_K * _GELU_C2).add_(_GELU_C2).mul_(x)  # u 2 sqrt(2/pi) (1 + 3 k u^2)
             torch.ops.aten.sigmoid_backward.grad_input(b, s, grad_input=b)  # ... S (1 - S)
             s.add_(b)
     return out, deriv
 
 
 class _TanhGelu(torch.autograd.Function):
-    """GPT-2's tanh GELU (``_tanh_gelu_forward``) keeping its derivative for the backward, which multiplies the
-    incoming gradient by it in place. Safe here: the gradient reaching it is the fresh ``dY @ W^T`` of the MLP's
-    output projection, its only consumer."""
+    """GPT-2's tanh GELU of ``h`` (plus a frozen ``bias`` when given). On the CPU in fp32 through
+    ``_tanh_gelu_forward``, keeping the derivative for a backward that multiplies the incoming gradient by it;
+    elsewhere PyTorch's kernels. Either way the backward writes into the incoming gradient. Safe here: that is the
+    fresh ``dY @ W^T`` of the MLP's output projection, its only consumer."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
-        out, deriv = _tanh_gelu_forward(h, with_derivative=ctx.needs_input_grad[0])
-        if deriv is not None:
-            ctx.save_for_backward(deriv)
-        return out
+    def forward(ctx, h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if bias is not None and bias.requires_grad:
+            raise ValueError("_TanhGelu adds a frozen bias only")
+        ctx.kept_derivative = (h.device.type == "cpu" and h.dtype == torch.float32 and h.dim() == 2
+                               and h.is_contiguous())
+        if ctx.kept_derivative:
+            out, deriv = _tanh_gelu_forward(h, with_derivative=ctx.needs_input_grad[0], bias=bias)
+            if deriv is not None:
+                ctx.save_for_backward(deriv)
+            return out
+        u = h if bias is None else h + bias  # elsewhere (GPU, autocast's half types): PyTorch's kernels
+        ctx.save_for_backward(u)
+        return F.gelu(u, approximate="tanh")
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (deriv,) = ctx.saved_tensors
-        if not grad.is_contiguous() or grad.shape != deriv.shape:
-            return grad * deriv
-        return grad.mul_(deriv)
+    def backward(ctx, grad: torch.Tensor):
+        (saved,) = ctx.saved_tensors
+        in_place = grad.is_contiguous() and grad.shape == saved.shape and grad.dtype == saved.dtype
+        if ctx.kept_derivative:
+            return (grad.mul_(saved) if in_place else grad * saved), None
+        if not in_place:
+            return torch.ops.aten.gelu_backward(grad, saved, approximate="tanh"), None
+        return torch.ops.aten.gelu_backward.grad_input(grad, saved, approximate="tanh", grad_input=grad), None

@@ -3,7 +3,8 @@
 Every variant trains the same real E2E batches (batch 8, drawn with the paper's seed) on the gpt2-medium shape with
 the same random weights, LoRA r=4, alpha 32, dropout 0.1, fp32, label smoothing 0.1, each in its own process
 (so peak memory is its own). Printed per variant: real (non-pad) tokens/s, peak resident memory (and the part
-above the loaded model), the loss of the first step (B = 0, so every variant computes the base model's loss: it
+above the loaded model: for ours that includes the copies of the frozen weights pre-packed for MKL's GEMM,
+nlg/mkl_prepack.py, which the trainer makes by default on the CPU in fp32), the loss of the first step (B = 0, so every variant computes the base model's loss: it
 must agree) and the fraction of this machine's measured fp32 matmul peak that the *useful* FLOPs reach. Every
 variant trains on the batches once untimed and is timed on a second pass over them (the steady state of a long
 run; see ``_timed``).

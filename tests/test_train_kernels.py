@@ -212,15 +212,33 @@ def test_tanh_gelu_and_its_kept_derivative_equal_pytorch(shape):
     results = []
     for ours in (True, False):
         h = h0.clone().requires_grad_(True)
-        y = packed._TanhGelu.apply(h) if ours else F.gelu(h, approximate="tanh")
+        y = packed._TanhGelu.apply(h, None) if ours else F.gelu(h, approximate="tanh")
         y.backward(up.clone())  # ours multiplies the incoming gradient in place
         results.append((y.detach(), h.grad))
     (yo, go), (yr, gr) = results
     torch.testing.assert_close(yo, yr, rtol=2e-6, atol=1e-6)
     torch.testing.assert_close(go, gr, rtol=2e-5, atol=1e-5)
     with torch.no_grad():  # no derivative kept without grad, same values
-        assert torch.equal(packed._TanhGelu.apply(h0), yo)
-    # a non-contiguous input takes PyTorch's kernels
-    t = torch.cat([h0, h0], dim=1)[:, ::2]
+        assert torch.equal(packed._TanhGelu.apply(h0, None), yo)
+    # a non-contiguous input takes PyTorch's kernels, forward and backward
+    t = torch.cat([h0, h0], dim=1)[:, ::2].requires_grad_(True)
     assert not t.is_contiguous()
-    assert torch.equal(packed._tanh_gelu_forward(t)[0], F.gelu(t, approximate="tanh"))
+    y = packed._TanhGelu.apply(t, None)
+    assert torch.equal(y, F.gelu(t, approximate="tanh"))
+    y.backward(up.clone())
+    assert torch.equal(t.grad, torch.ops.aten.gelu_backward(up, t.detach(), approximate="tanh"))
+
+
+def test_tanh_gelu_with_a_frozen_bias_equals_gelu_of_the_sum():
+    g = torch.Generator().manual_seed(5)
+    h0, bias, up = torch.randn(41, 4096, generator=g), torch.randn(4096, generator=g), torch.randn(41, 4096, generator=g)
+    results = []
+    for ours in (True, False):
+        h = h0.clone().requires_grad_(True)
+        y = packed._TanhGelu.apply(h, bias) if ours else F.gelu(h + bias, approximate="tanh")
+        y.backward(up.clone())
+        results.append((y.detach(), h.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=2e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="frozen bias"):
+        packed._TanhGelu.apply(h0, bias.clone().requires_grad_(True))
