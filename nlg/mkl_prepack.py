@@ -73,15 +73,20 @@ def _load() -> _Mkl | None:
 def _self_check() -> bool:
     """Pack once, compute for several row counts, compare with torch.mm: the API is used beyond MKL's letter
     (one pack for every row count), so a library where that would not hold is never used."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(0)  # its own generator: the global RNG stream is left untouched
     w = torch.randn(96, 80, generator=gen)
-    pack = _PackedMatrix(w)
-    for rows in (1, 7, 64, 300):
-        x = torch.randn(rows, 96, generator=gen)
-        out = torch.empty(rows, 80)
-        pack.compute(x, out, 0.0)
-        if not torch.allclose(out, x @ w, rtol=1e-4, atol=1e-4):
-            return False
+    for transpose in (False, True):
+        pack = _PackedMatrix(w, transpose)
+        ref_w = w.t() if transpose else w
+        try:
+            for rows in (1, 7, 64, 300):
+                x = torch.randn(rows, ref_w.shape[0], generator=gen)
+                out = torch.empty(rows, ref_w.shape[1])
+                pack.compute(x, out, 0.0)
+                if not torch.allclose(out, x @ ref_w, rtol=1e-4, atol=1e-4):
+                    return False
+        finally:
+            pack.close()
     return True
 
 
@@ -97,9 +102,7 @@ class _PackedMatrix:
 
     def __init__(self, weight: torch.Tensor, transpose: bool = False):
         mkl = _MKL
-        w = weight.detach()
-        if w.stride(1) != 1:
-            w = w.contiguous()
+        w = weight.detach().contiguous()  # a no-op for model weights; MKL copies it into the pack either way
         o, k = w.shape if transpose else (w.shape[1], w.shape[0])
         self.k, self.o = k, o
         self._m, self._k = _int(o), _int(k)
