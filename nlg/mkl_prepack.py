@@ -116,7 +116,6 @@ class _PackedMatrix:
                  self._buf)
         self.version = weight._version
         self.data_ptr = weight.data_ptr()
-        self.nbytes = int(nbytes)
 
     def compute(self, x: torch.Tensor, out: torch.Tensor, beta: float) -> None:
         """``out = x op(W) + beta * out`` for row-major ``x`` ``[n, K]`` (unit column stride) and ``out`` ``[n, O]``
@@ -141,8 +140,7 @@ _PACKS: dict[tuple[int, bool], _PackedMatrix] = {}  # (id(weight), transpose) ->
 class Packs:
     """The packs made by ``pack_frozen``; ``release()`` (or the trainer finishing) frees them."""
 
-    ids: list[tuple[int, bool]]
-    nbytes: int
+    ids: list[tuple[int, bool]] = field(default_factory=list)
     finalizers: list = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -155,7 +153,7 @@ class Packs:
                 pack.close()
         for fin in self.finalizers:
             fin.detach()
-        self.ids, self.finalizers, self.nbytes = [], [], 0
+        self.ids, self.finalizers = [], []
 
 
 def _frozen_weights(model: nn.Module) -> Iterable[tuple[torch.Tensor, bool]]:
@@ -182,9 +180,9 @@ def _frozen_weights(model: nn.Module) -> Iterable[tuple[torch.Tensor, bool]]:
 def pack_frozen(model: nn.Module) -> Packs:
     """Pack the frozen fp32 CPU weights of ``model`` that the trainer multiplies by (see ``_frozen_weights``);
     none when MKL's API is unavailable."""
+    packs = Packs()
     if _load() is None:
-        return Packs([], 0)
-    packs = Packs([], 0)
+        return packs
     for w, transpose in _frozen_weights(model):
         key = (id(w), transpose)
         if key in _PACKS:
@@ -192,7 +190,6 @@ def pack_frozen(model: nn.Module) -> Packs:
         _PACKS[key] = _PackedMatrix(w, transpose)
         packs.finalizers.append(weakref.finalize(w, _drop, key))
         packs.ids.append(key)
-        packs.nbytes += _PACKS[key].nbytes
     return packs
 
 

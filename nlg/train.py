@@ -34,10 +34,10 @@ from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, read_encoded, total_s
 from nlg.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nlg.config import DATASETS, METHODS, TrainConfig, default_data_dir, paper_train_config
 from nlg.io_utils import atomic_open, write_json
-from nlg.mkl_prepack import pack_frozen
 from nlg.loss import MaskedLMLoss
 from nlg.methods import get_method
 from nlg.methods.counts import count_line, exact_counts
+from nlg.mkl_prepack import Packs, pack_frozen
 from nlg.models import is_random_model, load_model
 from nlg.optim import SCHEDULES, build_optimizer, set_lr
 
@@ -124,6 +124,14 @@ def _is_synthetic(train_data: str) -> bool:
     """The synthetic E2E sample marks its folders with ``synthetic.json``."""
     folder = Path(train_data).resolve().parent
     return any((d / "synthetic.json").is_file() for d in (folder, folder.parent))
+
+
+def cpu_packs(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> Packs | None:
+    """The frozen weights packed once for MKL's GEMM (nlg.mkl_prepack) when ``--cpu-prepack`` applies: CPU, fp32,
+    and a stock GPT-2 stack, whose packed forward (nlg.packed) is what uses them; else None."""
+    if cfg.cpu_prepack and device.type == "cpu" and cfg.precision == "fp32" and packed_path.supports(model):
+        return pack_frozen(model)
+    return None
 
 
 def fuse_gelu(model: torch.nn.Module) -> int:
@@ -217,11 +225,8 @@ class Trainer:
 
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.ddp = DDP(self.loss_module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
-        self.packs = None  # CPU fp32: frozen weights packed once for MKL's GEMM (after DDP's broadcast of the
-        # weights), for the packed GPT-2 path that uses them; freed when run() ends
-        if (cfg.cpu_prepack and self.dist.device.type == "cpu" and cfg.precision == "fp32"
-                and packed_path.supports(self.model)):
-            self.packs = pack_frozen(self.model)
+        self.packs = cpu_packs(cfg, self.model, self.dist.device)  # after DDP's broadcast of the weights; freed
+        # when run() ends
         self.progress = Progress()
         self.pad_rng = random.Random(PAD_RNG_SEED)
         self.pad_rng_epoch_start = self.pad_rng.getstate()

@@ -4,8 +4,8 @@ Every variant trains the same real E2E batches (batch 8, drawn with the paper's 
 the same random weights, LoRA r=4, alpha 32, dropout 0.1, fp32, label smoothing 0.1, each in its own process
 (so peak memory is its own). Printed per variant: real (non-pad) tokens/s, peak resident memory (and the part
 above the loaded model: for ours that includes the copies of the frozen weights pre-packed for MKL's GEMM,
-nlg/mkl_prepack.py, which the trainer makes by default on the CPU in fp32), the loss of the first step (B = 0, so every variant computes the base model's loss: it
-must agree) and the fraction of this machine's measured fp32 matmul peak that the *useful* FLOPs reach. Every
+nlg/mkl_prepack.py, which the trainer makes by default on the CPU in fp32), the loss of the first step (B = 0, so
+every variant computes the base model's loss: it must agree) and the fraction of this machine's measured fp32 matmul peak that the *useful* FLOPs reach. Every
 variant trains on the batches once untimed and is timed on a second pass over them (the steady state of a long
 run; see ``_timed``).
 
@@ -19,6 +19,7 @@ gradients; no gradients for frozen weights). Work on padding or on LM-head rows 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -129,10 +130,10 @@ def run_ours(batches, precision: str, workdir: Path) -> dict:
         train_mod.load_model = real_load
     trainer.model.train()  # as Trainer.run does: LoRA dropout active, like the other variants
     base = rss_bytes()
-    if precision == "fp32":  # what Trainer.__init__ does by default (--cpu-prepack), done after the base
-        from nlg.mkl_prepack import pack_frozen  # measurement so that "above model" counts the packed copies
-
-        trainer.packs = pack_frozen(trainer.model)
+    # what Trainer.__init__ does by default (--cpu-prepack), done after the base measurement so that "above
+    # model" counts the packed copies
+    trainer.packs = train_mod.cpu_packs(dataclasses.replace(cfg, cpu_prepack=True), trainer.model,
+                                        trainer.dist.device)
 
     def step(batch):
         b = collate(batch)
