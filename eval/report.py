@@ -4,7 +4,9 @@
 
 Reads each run's recipe.json, train_summary.json, log.jsonl and scores.<split>.json (missing ones are reported
 as missing) and writes report.md, report.json and a loss-curve PNG per run -- into the run folder for one run,
-into --out for several, plus a bar chart across the runs.
+into --out for several, plus a bar chart across the runs. Several runs of one dataset, model, method and size
+(seeds: ``SEEDS="110 111 112" scripts/e2e.sh``) are also summarised as mean ± sample standard deviation
+(ddof 1) per metric, beside the paper's ± figures.
 """
 from __future__ import annotations
 
@@ -120,6 +122,76 @@ def compare(run: dict) -> list[dict]:
     return out
 
 
+def group_key(run: dict) -> tuple | None:
+    """Runs that differ only in seed share dataset, model, method and trainable size (None: not enough recorded)."""
+    if not (run.get("dataset") and run.get("model") and run.get("method")):
+        return None
+    return run["dataset"], run["model"], run["method"], run.get("trainable_params")
+
+
+def seed_groups(runs: list[dict]) -> list[dict]:
+    """Per group of two or more runs (see group_key; call compare() first): each metric's mean ± std over the runs
+    that have it, in the paper's scale, beside the paper's figure and its ±."""
+    from .aggregate import summarize  # mean and sample std (ddof 1); imported here: eval.aggregate imports us
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        key = group_key(r)
+        if key is not None:
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (dataset, model, method, params), members in groups.items():
+        if len(members) < 2:
+            continue
+        names: list[str] = []
+        for r in members:
+            names += [e["metric"] for e in r["comparison"] if e["metric"] not in names]
+        metrics = []
+        for name in names:
+            entries = [e for r in members for e in r["comparison"] if e["metric"] == name]
+            stats = summarize(e["ours"] for e in entries)
+            mean = stats["mean"]
+            paper = next((e for e in entries if e["paper"] is not None), None)
+            metrics.append({"metric": name, "mean": mean, "std": stats["std"], "n": stats["n"],
+                            "paper": paper["paper"] if paper else None, "paper_ci": paper["paper_ci"] if paper else None,
+                            "diff": (mean - paper["paper"]) if (paper and mean is not None) else None})
+        out.append({"dataset": dataset, "model": model, "method": method, "trainable_params": params,
+                    "runs": [r["name"] for r in members],
+                    "seeds": [(r["recipe"] or {}).get("seed") for r in members],
+                    "paper_label": next((r["paper_label"] for r in members if r.get("paper_label")), None),
+                    "metrics": metrics})
+    return out
+
+
+def _digits(metric: str) -> int:
+    return 4 if metric in ("NIST", "CIDEr") else 2
+
+
+def _paper_cell(value, ci) -> str:
+    if value is None:
+        return "—"
+    return f"{value:g}" + (f" ± {ci:g}" if ci is not None else "")
+
+
+def render_seed_groups(groups: list[dict]) -> list[str]:
+    """The "Across seeds" section: one table per group of runs."""
+    if not groups:
+        return []
+    lines = ["", "## Across seeds", "",
+             "Mean ± sample standard deviation (n − 1) of our runs; the paper's ± is its own spread over its runs."]
+    for g in groups:
+        seeds = ", ".join("?" if s is None else str(s) for s in g["seeds"])
+        lines += ["", f"### {g['dataset']} {g['model']} {g['method']}: {len(g['runs'])} runs (seeds {seeds})", "",
+                  "| metric | ours (mean ± std) | runs | paper | mean − paper |", "|---|---|---|---|---|"]
+        for m in g["metrics"]:
+            d = _digits(m["metric"])
+            ours = "—" if m["mean"] is None else (
+                f"{m['mean']:.{d}f}" + (f" ± {m['std']:.{d}f}" if m["std"] is not None else ""))
+            diff = "—" if m["diff"] is None else f"{m['diff']:+.2f}"
+            lines.append(f"| {m['metric']} | {ours} | {m['n']} | {_paper_cell(m['paper'], m['paper_ci'])} | {diff} |")
+    return lines
+
+
 def _fmt(value, digits: int = 2) -> str:
     if value is None:
         return "—"
@@ -159,7 +231,7 @@ def headline(runs: list[dict]) -> str:
     return "# Results beside the paper"
 
 
-def render_markdown(runs: list[dict], chart: str | None) -> str:
+def render_markdown(runs: list[dict], chart: str | None, groups: list[dict] | None = None) -> str:
     lines = [headline(runs), ""]
     if lines[0].startswith(">"):
         lines += ["# Results beside the paper", ""]
@@ -182,8 +254,14 @@ def render_markdown(runs: list[dict], chart: str | None) -> str:
             lines += [data_line(r), ""]
         s = r["summary"] or {}
         if s:
+            best = ""
+            if s.get("best_step") is not None:
+                best = f", best valid loss {_fmt(s.get('best_valid_loss'), 4)} at step {s['best_step']}"
+            chosen = s.get("checkpoint") or {}
+            held = (f" The adapter holds the {chosen['selected']} weights (step {chosen.get('step')}, "
+                    f"--select-by {chosen.get('select_by')}).") if chosen.get("selected") else ""
             lines += [f"Final train loss {_fmt(s.get('final_train_loss'), 4)}, final valid loss "
-                      f"{_fmt(s.get('final_valid_loss'), 4)}, {s.get('steps', '—')} steps.", ""]
+                      f"{_fmt(s.get('final_valid_loss'), 4)}{best}, {s.get('steps', '—')} steps.{held}", ""]
         if r["comparison"]:
             lines += ["| metric | ours | paper | ours − paper |", "|---|---|---|---|"]
             for e in r["comparison"]:
@@ -195,6 +273,7 @@ def render_markdown(runs: list[dict], chart: str | None) -> str:
             lines.append("No scores yet.")
         if r.get("loss_png"):
             lines += ["", f"![loss curve of {r['name']}]({r['loss_png']})"]
+    lines += render_seed_groups(groups or [])
     if chart:
         lines += ["", "## Across runs", "", f"![metrics across runs]({chart})"]
     return "\n".join(lines) + "\n"
@@ -284,8 +363,9 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, spli
         png = (Path(r["dir"]) / "loss.png") if len(runs) == 1 else out / f"loss-{r['name']}.png"
         r["loss_png"] = png.name if plot_loss(r, png) else None
     chart = "metrics.png" if len(runs) > 1 and plot_bars(runs, out / "metrics.png") else None
+    groups = seed_groups(runs)
     with atomic_open(out / "report.md") as handle:
-        handle.write(render_markdown(runs, chart))
+        handle.write(render_markdown(runs, chart, groups))
     write_json(out / "report.json", {
         "headline": headline(runs),
         "split": split,
@@ -296,7 +376,12 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, spli
                     "tokens_per_s": (r["summary"] or {}).get("tokens_per_s"),
                     "final_train_loss": (r["summary"] or {}).get("final_train_loss"),
                     "final_valid_loss": (r["summary"] or {}).get("final_valid_loss"),
+                    "best_step": (r["summary"] or {}).get("best_step"),
+                    "best_valid_loss": (r["summary"] or {}).get("best_valid_loss"),
+                    "checkpoint": (r["summary"] or {}).get("checkpoint"),
+                    "seed": (r["recipe"] or {}).get("seed"),
                     "metrics": r["metrics"]} for r in runs],
+        "seed_groups": groups,
         "chart": chart,
     })
     return out

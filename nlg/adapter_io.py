@@ -6,7 +6,10 @@ Our adapter folder (any method, via the method contract's ``trainable_state``/``
     adapter_config.json    {"format": "nlg-adapter", "format_version": 1, "method", "base_model",
                             "model_shape": {n_layer, n_embd, n_head, n_positions, vocab_size},
                             "hyper_params": {the method's own settings}, "train_config": {every TrainConfig field},
-                            "random_model", "num_params", "tensors"}
+                            "random_model", "num_params", "tensors",
+                            "checkpoint" (written by training: which weights these are, see nlg.train --select-by:
+                            {"selected": "best" | "last", "step", "epoch", "valid_loss", "select_by", "last_step",
+                             "best_step", "best_valid_loss"})}
 
 The PEFT export writes ``adapter_config.json`` + ``adapter_model.safetensors`` for ``peft.PeftModel.from_pretrained``:
 LoRA on q and v of the fused ``c_attn`` becomes one rank-2r LoRA on ``c_attn`` whose B has zero k rows (alpha
@@ -88,16 +91,17 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------- our format
 
 
-def save_adapter(model, cfg: TrainConfig, folder: str | Path) -> Path:
-    """Write the method's trained tensors and a JSON config describing how to rebuild the model; returns folder."""
+def save_adapter(model, cfg: TrainConfig, folder: str | Path, checkpoint: dict | None = None) -> Path:
+    """Write the method's trained tensors and a JSON config describing how to rebuild the model; returns folder.
+    ``checkpoint`` (training's record of which step's weights these are) goes into the config as is."""
     model = _unwrap(model)
     method = get_method(cfg.method)
     state = getattr(method, "export_state", method.trainable_state)(model)  # optional hook: prefix-layer's plain prefixes
-    return write_adapter_folder(state, cfg, _model_shape(model), folder)
+    return write_adapter_folder(state, cfg, _model_shape(model), folder, checkpoint=checkpoint)
 
 
 def write_adapter_folder(state: dict[str, torch.Tensor], cfg: TrainConfig, model_shape: dict,
-                         folder: str | Path) -> Path:
+                         folder: str | Path, checkpoint: dict | None = None) -> Path:
     """``adapter.safetensors`` + ``adapter_config.json`` (each written atomically) for tensors of any method."""
     from nlg.models import CARDS, is_random_model
 
@@ -120,6 +124,8 @@ def write_adapter_folder(state: dict[str, torch.Tensor], cfg: TrainConfig, model
         "num_params": int(sum(t.numel() for t in state.values())),
         "tensors": {k: list(v.shape) for k, v in sorted(state.items())},
     }
+    if checkpoint is not None:
+        config["checkpoint"] = dict(checkpoint)
     folder.mkdir(parents=True, exist_ok=True)
     _write_safetensors(folder / ADAPTER_FILE, state, {"format": FORMAT, "method": cfg.method})
     write_json(folder / CONFIG_FILE, config)

@@ -5,6 +5,11 @@ schedule position, every process's random-number state (dropout, and the data st
 and the data position (epoch, batches done), so a resumed run continues bit-for-bit. Files:
 ``trainable.pt`` (the method's ``trainable_state``), ``optimizer.pt``, ``rng.pt`` (a list, one entry per rank)
 and ``state.json`` (step, epoch, position, counters; human-readable).
+
+Beside them ``checkpoints/best/`` holds the trained tensors at the lowest dev loss so far (``trainable.pt``) and
+``best.json`` (step, epoch, valid_loss); it is replaced whole when a validation improves on it and is never removed
+by the rotation. The record of the best so far also travels in each step checkpoint's state, so a resumed run
+knows it.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ import torch
 from nlg.io_utils import write_json
 
 KEEP = 2
+BEST_DIR = "best"
+BEST_INFO = "best.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -81,6 +88,58 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, trainable: dict[str, 
     for _, old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_best(run_dir: str | os.PathLike, trainable: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
+    """Write ``checkpoints/best/`` (``trainable.pt`` + ``best.json`` with step, epoch, valid_loss) as a whole: the
+    new folder is built aside and renamed into place; the one it replaces is moved aside first and removed last, so
+    a crash at any point leaves a complete best folder (``load_best`` also finds one left aside)."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / BEST_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=f".{BEST_DIR}.", suffix=".tmp", dir=root))
+    old = None
+    try:
+        torch.save({k: v.detach().cpu() for k, v in trainable.items()}, tmp / "trainable.pt")
+        write_json(tmp / BEST_INFO, info)
+        _fsync_dir(tmp)
+        if final.exists():
+            old = root / f".{BEST_DIR}.{os.getpid()}.old"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _best_folder(run_dir: str | os.PathLike) -> Path | None:
+    root = Path(run_dir) / "checkpoints"
+    final = root / BEST_DIR
+    if (final / BEST_INFO).is_file() and (final / "trainable.pt").is_file():
+        return final
+    aside = sorted(root.glob(f".{BEST_DIR}.*.old")) if root.is_dir() else []  # a crash between the two renames
+    return next((d for d in aside if (d / BEST_INFO).is_file() and (d / "trainable.pt").is_file()), None)
+
+
+def best_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``best.json`` of the run's best checkpoint, or None when there is none."""
+    folder = _best_folder(run_dir)
+    return json.loads((folder / BEST_INFO).read_text(encoding="utf-8")) if folder is not None else None
+
+
+def load_best(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The best checkpoint: keys ``trainable`` (tensors) and ``info`` (step, epoch, valid_loss); None if absent."""
+    folder = _best_folder(run_dir)
+    if folder is None:
+        return None
+    return {"trainable": torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True),
+            "info": json.loads((folder / BEST_INFO).read_text(encoding="utf-8"))}
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

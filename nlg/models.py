@@ -30,6 +30,8 @@ class ModelCard:
 
 CARDS: dict[str, ModelCard] = {
     "tiny": ModelCard("tiny", 2, 64, 4, None, None),
+    # pretrained here by nlg.pretrain (WebNLG 2017 + DART text, no E2E); ``--model mini`` loads that folder
+    "mini": ModelCard("mini", 4, 256, 4, None, None),
     "gpt2": ModelCard("gpt2", 12, 768, 12, "gpt2", "gpt2-pytorch_model.bin"),
     "gpt2-medium": ModelCard("gpt2-medium", 24, 1024, 16, "gpt2-medium", "gpt2-medium-pytorch_model.bin"),
     "gpt2-large": ModelCard("gpt2-large", 36, 1280, 20, "gpt2-large", "gpt2-large-pytorch_model.bin"),
@@ -158,6 +160,16 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", seed: int 
     """
     if name_or_path == "tiny":
         return build_random("tiny", seed=seed).to(device)
+    if name_or_path.startswith(RANDOM_PREFIX):
+        return build_random(name_or_path[len(RANDOM_PREFIX):], seed=seed).to(device)
+    if name_or_path in PRETRAINED_HERE:
+        from nlg.pretrain import default_model_dir  # the pretraining cache (nlg.pretrain imports this module)
+
+        folder = default_model_dir(name_or_path)
+        if folder is None:
+            raise ModelLoadError(f"--model {name_or_path}: no pretrained {name_or_path} model in the cache yet; "
+                                 f"make it with `python -m nlg.pretrain --card {name_or_path}` (or pass its folder)")
+        name_or_path = str(folder)
     path = Path(name_or_path)
     if path.is_file():
         model = load_original_bin(path, card=None)
@@ -187,6 +199,10 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", seed: int 
     return model.to(device).eval()
 
 
+RANDOM_PREFIX = "random:"  # ``random:<card>``: that card's shape, randomly initialised (pretraining, controls)
+PRETRAINED_HERE = ("mini",)  # cards whose weights come from nlg.pretrain's cache, never from a hub
+
+
 def is_random_model(name_or_path: str) -> bool:
-    """True for the randomly initialised test model: reports must say so."""
-    return name_or_path == "tiny"
+    """True for a randomly initialised model (``tiny``, ``random:<card>``): reports must say so."""
+    return name_or_path == "tiny" or name_or_path.startswith(RANDOM_PREFIX)

@@ -4,10 +4,15 @@ Each stage is the project's own CLI run as a subprocess (training and generation
 ``--nproc`` > 1 or several nodes are given), writing only inside one run folder. A stage whose outputs exist is
 skipped and says so; training that was interrupted resumes from its last checkpoint. The per-dataset shell
 scripts in ``scripts/`` are thin shells over this module.
+
+``--seeds 110 111 112`` runs the whole protocol once per seed, each in its own folder ``<run-dir>-s<seed>``
+(the trainer gets ``--seed <seed>``), then writes one report over them into ``<run-dir>-seeds/``: every run
+beside the paper and each metric's mean ± sample std across the seeds.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -50,6 +55,7 @@ class PipelineOptions:
     offline_synthetic: bool = True
     trainer_args: list[str] = field(default_factory=list)
     generate_args: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # one full run per seed, then a report across them
 
 
 def log(message: str) -> None:
@@ -235,6 +241,31 @@ def run_pipeline(opts: PipelineOptions) -> Path:
     return run_dir
 
 
+def seed_run_dir(base: Path, seed: int) -> Path:
+    """The run folder of one seed: ``<base>-s<seed>``."""
+    return base.with_name(f"{base.name}-s{seed}")
+
+
+def run_seeds(opts: PipelineOptions) -> Path:
+    """The protocol once per seed in ``<run-dir>-s<seed>``, then one report over them in ``<run-dir>-seeds``;
+    returns that report folder. Each seed's folder resumes on its own, so re-running continues where it stopped."""
+    if len(set(opts.seeds)) != len(opts.seeds):
+        raise PipelineError(f"--seeds repeats a seed: {' '.join(map(str, opts.seeds))}")
+    base = Path(opts.run_dir) if opts.run_dir else default_run_dir(opts)
+    run_dirs = []
+    for seed in opts.seeds:
+        log(f"seed {seed}")
+        one = dataclasses.replace(opts, seeds=[], run_dir=seed_run_dir(base, seed),
+                                  trainer_args=[*opts.trainer_args, "--seed", str(seed)])  # the last --seed wins
+        run_dirs.append(run_pipeline(one))
+    out = base.with_name(f"{base.name}-seeds")
+    out.mkdir(parents=True, exist_ok=True)
+    args = [*map(str, run_dirs), "--out", str(out), "--split", opts.split]
+    run_stage("report", _python_module("eval.report", args, opts, False), out)
+    log(f"finished {len(run_dirs)} seeds: report across them at {out / 'report.md'}")
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> PipelineOptions:
     argv = list(sys.argv[1:] if argv is None else argv)
     trainer_args: list[str] = []
@@ -261,6 +292,9 @@ def parse_args(argv: list[str] | None = None) -> PipelineOptions:
     p.add_argument("--no-synthetic", dest="offline_synthetic", action="store_false",
                    help="offline with no data: fail instead of generating the synthetic E2E sample")
     p.add_argument("--generate-args", default="", help="extra arguments for nlg.generate, one string")
+    p.add_argument("--seeds", type=int, nargs="+", default=[],
+                   help="one run per seed in <run-dir>-s<seed> (trainer --seed), then a report across them in "
+                        "<run-dir>-seeds")
     ns = p.parse_args(argv)
     values = vars(ns)
     values["generate_args"] = shlex.split(values.pop("generate_args"))
@@ -270,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> PipelineOptions:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     try:
-        run_pipeline(opts)
+        run_seeds(opts) if opts.seeds else run_pipeline(opts)
     except PipelineError as exc:
         log(f"error: {exc}")
         return 1

@@ -7,9 +7,14 @@ batch, divides by ``--grad-acc``, back-propagates; DDP averages the gradients ov
 batches their AdamW updates the trained tensors with the linearly warmed-up and decayed learning rate.
 
 The run folder (default ``runs/<dataset>-<model>-<method>-r<rank>``) receives ``recipe.json``, ``log.jsonl``,
-``checkpoints/step-<N>/`` (last two kept), and at the end ``adapter/``, ``peft_adapter/`` (LoRA) and
-``train_summary.json``; nothing is written anywhere else. ``--resume`` continues from the last checkpoint
-bit-for-bit.
+``checkpoints/step-<N>/`` (last two kept), ``checkpoints/best/`` (the trained tensors at the lowest dev loss so far),
+and at the end ``adapter/``, ``peft_adapter/`` (LoRA) and ``train_summary.json``; nothing is written anywhere else.
+``--resume`` continues from the last checkpoint bit-for-bit, best-so-far record included.
+
+Validation on the dev split runs at each epoch's end and at the last update, as the authors do, and also every
+``--eval-interval`` updates when that is set. ``--select-by last`` (the default, the authors' choice) puts the final
+weights in ``adapter/``; ``--select-by valid_loss`` puts the best checkpoint's. ``adapter/adapter_config.json``
+("checkpoint") and ``train_summary.json`` say which step that is.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import re
 import shutil
@@ -31,8 +37,9 @@ from tqdm import tqdm
 from nlg import distributed as dist_utils
 from nlg import packed as packed_path
 from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, read_encoded, total_steps, valid_batches
-from nlg.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nlg.config import DATASETS, METHODS, TrainConfig, default_data_dir, paper_train_config
+from nlg.checkpoint import (latest_checkpoint, load_best, load_checkpoint, rng_state, save_best, save_checkpoint,
+                            set_rng_state)
+from nlg.config import DATASETS, METHODS, PRETRAIN_DATASET, TrainConfig, default_data_dir, paper_train_config
 from nlg.io_utils import atomic_open, write_json
 from nlg.loss import MaskedLMLoss
 from nlg.methods import get_method
@@ -45,7 +52,9 @@ from nlg.optim import SCHEDULES, build_optimizer, set_lr
 RESUME_MAY_CHANGE = {"resume", "save_interval", "log_interval", "out_dir", "train_data", "valid_data"}
 OUR_OUTPUTS = ("recipe.json", "log.jsonl", "checkpoints", "adapter", "peft_adapter", "train_summary.json")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-CHOICES = {"dataset": DATASETS, "method": METHODS, "precision": tuple(PRECISIONS), "scheduler": SCHEDULES}
+SELECT_BY = ("last", "valid_loss")  # which weights adapter/ holds: the final ones, or those of the lowest dev loss
+CHOICES = {"dataset": DATASETS, "method": METHODS, "precision": tuple(PRECISIONS), "scheduler": SCHEDULES,
+           "select_by": SELECT_BY}
 
 
 class TrainError(RuntimeError):
@@ -55,7 +64,7 @@ class TrainError(RuntimeError):
 # ---------------------------------------------------------------- paths and run folder
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     """Fill in the default data files and run folder."""
-    data_dir = default_data_dir(cfg.dataset)
+    data_dir = default_data_dir(cfg.dataset) if cfg.dataset in DATASETS else Path("data") / cfg.dataset
     model_tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.model).name or cfg.model)
     return dataclasses.replace(
         cfg,
@@ -66,7 +75,7 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def check_config(cfg: TrainConfig) -> None:
-    if cfg.dataset not in DATASETS:
+    if cfg.dataset not in DATASETS and cfg.dataset != PRETRAIN_DATASET:
         raise TrainError(f"unknown dataset {cfg.dataset!r}; expected one of {', '.join(DATASETS)}")
     if cfg.scheduler not in SCHEDULES:
         raise TrainError(f"unknown --scheduler {cfg.scheduler!r}; expected one of {', '.join(SCHEDULES)}")
@@ -79,6 +88,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError(f"--max-steps must be >= 1, got {cfg.max_steps}")
     if cfg.clip < 0:
         raise TrainError(f"--clip must be >= 0, got {cfg.clip}")
+    if cfg.eval_interval < 0:
+        raise TrainError(f"--eval-interval must be >= 0 (0: validate at epoch ends only), got {cfg.eval_interval}")
+    if cfg.select_by not in SELECT_BY:
+        raise TrainError(f"unknown --select-by {cfg.select_by!r}; expected one of {', '.join(SELECT_BY)}")
 
 
 def _decide_start(cfg: TrainConfig, overwrite: bool) -> tuple[str, Path | None]:
@@ -164,6 +177,11 @@ class Progress:
     tokens: int = 0  # real tokens trained on, all processes
     last_loss: float | None = None
     last_valid_loss: float | None = None
+    valid_step: int | None = None  # step and epoch of the last validation
+    valid_epoch: int | None = None
+    best_step: int | None = None  # the validation with the lowest dev loss so far (its tensors: checkpoints/best/)
+    best_epoch: int | None = None
+    best_valid_loss: float | None = None
 
 
 class Trainer:
@@ -258,6 +276,9 @@ class Trainer:
         })
         self.info(count_line(cfg, self.model))  # exact counts next to the paper's formula and Table 3 figure
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (self.run_dir / "checkpoints").glob(".best.*.old"):  # an earlier attempt's, cut short before
+            shutil.rmtree(stale, ignore_errors=True)  # its first step checkpoint: this run starts with no best
+        shutil.rmtree(self.run_dir / "checkpoints" / "best", ignore_errors=True)
         write_json(self.run_dir / "recipe.json", recipe)
         with atomic_open(self.run_dir / "log.jsonl") as handle:
             handle.write("")
@@ -304,7 +325,9 @@ class Trainer:
             lines = log.read_text(encoding="utf-8").splitlines(keepends=True) if log.is_file() else []
             with atomic_open(log) as handle:
                 handle.writelines(lines[: self.progress.log_lines])
-        self.info(f"resuming from step {self.progress.step} ({path})")
+        p = self.progress
+        best = f"; best dev loss so far {p.best_valid_loss:.4f} at step {p.best_step}" if p.best_step is not None else ""
+        self.info(f"resuming from step {p.step} ({path}){best}")
 
     # ------------------------------------------------------------ steps
     def _autocast(self):
@@ -349,6 +372,20 @@ class Trainer:
         total, count = dist_utils.all_sum([total, count], self.dist.device)
         return total / max(count, 1)
 
+    def _validate_and_record(self) -> float:
+        """Validate now, log it, and keep the tensors in checkpoints/best/ when the dev loss is the lowest yet."""
+        p = self.progress
+        loss = self.validate()
+        p.last_valid_loss, p.valid_step, p.valid_epoch = loss, p.step, p.epoch
+        self._log({"step": p.step, "epoch": p.epoch, "valid_loss": loss})
+        if math.isfinite(loss) and (p.best_valid_loss is None or loss < p.best_valid_loss):
+            p.best_step, p.best_epoch, p.best_valid_loss = p.step, p.epoch, loss
+            if self.dist.is_main:
+                save_best(self.run_dir, self.method.trainable_state(self.model),
+                          {"step": p.step, "epoch": p.epoch, "valid_loss": loss})
+            dist_utils.barrier()
+        return loss
+
     def _epoch_plan(self, epoch: int) -> EpochPlan:
         self.pad_rng_epoch_start = self.pad_rng.getstate()
         bucket = 50 if self.cfg.bucket_by_length else 0
@@ -374,7 +411,6 @@ class Trainer:
         start = time.perf_counter() - p.elapsed_s
         window = {"loss": 0.0, "updates": 0, "tokens": 0, "time": 0.0}
         pending_loss = torch.zeros((), device=self.dist.device)
-        validated_at = None
         stopped = False
         while p.step < self.total_steps and not stopped:
             if cfg.max_steps is None and p.epoch > cfg.epochs:
@@ -402,6 +438,10 @@ class Trainer:
                 if p.step % cfg.log_interval == 0 or p.step == self.total_steps:
                     self._log_train(window, lr, start)
                     bar.set_postfix(loss=f"{p.last_loss:.3f}", lr=f"{lr:.2e}")
+                if cfg.eval_interval and p.step % cfg.eval_interval == 0:  # before the save: it holds the record
+                    self._validate_and_record()
+                    if self.dist.is_main:
+                        bar.write(f"step {p.step}: valid loss {p.last_valid_loss:.4f}", file=sys.stderr)
                 if p.step % cfg.save_interval == 0 or p.step == self.total_steps:
                     p.elapsed_s = time.perf_counter() - start
                     self._save()
@@ -412,10 +452,9 @@ class Trainer:
                     break
             if stopped:
                 break
-            if p.batch_in_epoch >= len(plan) or p.step == self.total_steps:
-                p.last_valid_loss = self.validate()
-                validated_at = p.step
-                self._log({"step": p.step, "epoch": p.epoch, "valid_loss": p.last_valid_loss})
+            if (p.batch_in_epoch >= len(plan) or p.step == self.total_steps) and (p.valid_step, p.valid_epoch) != (
+                    p.step, p.epoch):  # not twice for one step and epoch (--eval-interval may have just run)
+                self._validate_and_record()
                 if self.dist.is_main:
                     bar.write(f"epoch {p.epoch} step {p.step}: valid loss {p.last_valid_loss:.4f}", file=sys.stderr)
             if p.batch_in_epoch >= len(plan):
@@ -426,9 +465,8 @@ class Trainer:
         if stopped:
             self.info(f"stopped after step {p.step} as asked (--stop-after); continue with --resume")
             return self.run_dir
-        if validated_at != p.step:
-            p.last_valid_loss = self.validate()
-            self._log({"step": p.step, "epoch": p.epoch, "valid_loss": p.last_valid_loss})
+        if p.valid_step != p.step:
+            self._validate_and_record()
         self._finish()
         return self.run_dir
 
@@ -445,12 +483,37 @@ class Trainer:
                    "elapsed_s": round(time.perf_counter() - start, 3)})
         window.update(loss=0.0, updates=0, tokens=0, time=0.0)
 
+    def selection(self) -> dict:
+        """Which weights the run's adapter holds (``--select-by``): "best" (lowest dev loss) or "last"."""
+        p, cfg = self.progress, self.cfg
+        if cfg.select_by == "valid_loss" and p.best_step is not None:
+            chosen = {"selected": "best", "step": p.best_step, "epoch": p.best_epoch, "valid_loss": p.best_valid_loss}
+        else:
+            valid = p.last_valid_loss if p.valid_step == p.step else None
+            chosen = {"selected": "last", "step": p.step, "epoch": p.valid_epoch if valid is not None else None,
+                      "valid_loss": valid}
+        return {**chosen, "select_by": cfg.select_by, "last_step": p.step, "best_step": p.best_step,
+                "best_valid_loss": p.best_valid_loss}
+
+    def _load_selected(self, chosen: dict) -> None:
+        """Put the best checkpoint's tensors into the model when they are what adapter/ must hold."""
+        if chosen["selected"] != "best" or chosen["step"] == self.progress.step:
+            return  # the model already holds them
+        best = load_best(self.run_dir)
+        if best is None or best["info"].get("step") != chosen["step"]:
+            found = "none" if best is None else f"step {best['info'].get('step')}"
+            raise TrainError(f"{self.run_dir / 'checkpoints' / 'best'}: expected the best checkpoint of step "
+                             f"{chosen['step']}, found {found}; rerun with --select-by last or --overwrite")
+        self.method.load_state(self.model, {k: v.to(self.dist.device) for k, v in best["trainable"].items()})
+
     def _finish(self) -> None:
         p = self.progress
         if self.dist.is_main:
             from nlg.adapter_io import export_peft, save_adapter
 
-            save_adapter(self.model, self.cfg, self.run_dir / "adapter")
+            chosen = self.selection()
+            self._load_selected(chosen)  # the adapter and the PEFT export hold the same selected weights
+            save_adapter(self.model, self.cfg, self.run_dir / "adapter", checkpoint=chosen)
             if self.cfg.method == "lora":
                 export_peft(self.model, self.cfg, self.run_dir / "peft_adapter")
             write_json(self.run_dir / "train_summary.json", {
@@ -460,8 +523,13 @@ class Trainer:
                 "final_train_loss": p.last_loss,
                 "final_valid_loss": p.last_valid_loss,
                 "steps": p.step,
+                "best_step": p.best_step,
+                "best_valid_loss": p.best_valid_loss,
+                "checkpoint": chosen,
             })
-            self.info(f"done: {p.step} steps, train loss {p.last_loss:.4f}, valid loss {p.last_valid_loss:.4f}; "
+            best = "" if p.best_step is None else f" (best {p.best_valid_loss:.4f} at step {p.best_step})"
+            self.info(f"done: {p.step} steps, train loss {p.last_loss:.4f}, valid loss {p.last_valid_loss:.4f}"
+                      f"{best}; adapter/ holds the {chosen['selected']} weights (step {chosen['step']}); "
                       f"run folder {self.run_dir}")
         dist_utils.barrier()
 

@@ -3,7 +3,9 @@
 # Usage: run_protocol.sh DATASET [trainer args...]
 # Environment: MODEL (gpt2-medium), METHOD (lora), NPROC (1), NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT
 # (multi-node torchrun), RUN_DIR, RAW_DIR, SPLIT (test), TRAIN_FROM (train), TRAIN_LIMIT/VALID_LIMIT/TEST_LIMIT,
-# GENERATE_ARGS (one string of extra nlg.generate flags). Re-running resumes where it stopped.
+# GENERATE_ARGS (one string of extra nlg.generate flags), SEEDS ("110 111 112": one run folder per seed,
+# RUN_DIR-s<seed> trained with --seed <seed>, then a report across them with mean ± std in RUN_DIR-seeds/).
+# Re-running resumes where it stopped.
 set -euo pipefail
 dataset="$1"; shift
 cd "$(dirname "$0")/.."
@@ -17,4 +19,6 @@ args=(--dataset "$dataset" --model "${MODEL:-gpt2-medium}" --method "${METHOD:-l
 [ -n "${VALID_LIMIT:-}" ] && args+=(--valid-limit "$VALID_LIMIT")
 [ -n "${TEST_LIMIT:-}" ] && args+=(--test-limit "$TEST_LIMIT")
 [ -n "${GENERATE_ARGS:-}" ] && args+=(--generate-args "$GENERATE_ARGS")
+# shellcheck disable=SC2206  # SEEDS is a space-separated list of integers
+[ -n "${SEEDS:-}" ] && args+=(--seeds ${SEEDS})
 exec "${PYTHON:-python3}" -m nlg.pipeline "${args[@]}" -- "$@"

@@ -12,13 +12,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(root, name, *, dataset="e2e", model="gpt2-medium", method="lora", random_model=False,
-             synthetic=False, metrics=None, summary=True, log=True, params=350000):
+             synthetic=False, metrics=None, summary=True, log=True, params=350000, seed=None):
     run = root / name
     run.mkdir(parents=True)
     recipe = {"dataset": dataset, "model": model, "method": method, "random_model": random_model,
               "trainable_params": params, "paper_param_count": params, "rank": 4}
     if synthetic:
         recipe["synthetic_data"] = True
+    if seed is not None:
+        recipe["seed"] = seed
     (run / "recipe.json").write_text(json.dumps(recipe))
     if summary:
         (run / "train_summary.json").write_text(json.dumps({
@@ -102,3 +104,51 @@ def test_paper_rows_lookup_and_scale():
     assert ours_in_paper_scale("e2e", "BLEU", 0.704) == pytest.approx(70.4)
     assert ours_in_paper_scale("e2e", "NIST", 8.85) == 8.85
     assert ours_in_paper_scale("webnlg", "BLEU/all", 55.3) == 55.3
+
+
+def test_seeds_aggregate_to_mean_and_sample_std(tmp_path):
+    """Three seeds of one recipe: mean ± sample std (ddof 1) per metric beside the paper's ±; another method's
+    run and a metric one seed lacks are handled."""
+    scores = [{"BLEU": 0.70, "NIST": 8.8, "METEOR": 0.46, "ROUGE_L": 0.72, "CIDEr": 2.50},
+              {"BLEU": 0.71, "NIST": 8.9, "METEOR": 0.47, "ROUGE_L": 0.72, "CIDEr": 2.54},
+              {"BLEU": 0.72, "NIST": 9.3, "METEOR": 0.48, "ROUGE_L": 0.72}]
+    runs = [make_run(tmp_path, f"e2e-lora-s{seed}", metrics=m, seed=seed) for seed, m in zip((110, 111, 112), scores)]
+    runs.append(make_run(tmp_path, "e2e-ft", method="ft", metrics=E2E_SCORES, params=354_920_000, seed=110))
+    out = tmp_path / "e2e-lora-seeds"
+    assert main([str(r) for r in runs] + ["--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (group,) = report["seed_groups"]  # the ft run has no second seed: no group
+    assert (group["dataset"], group["model"], group["method"], group["trainable_params"]) == (
+        "e2e", "gpt2-medium", "lora", 350000)
+    assert group["runs"] == ["e2e-lora-s110", "e2e-lora-s111", "e2e-lora-s112"] and group["seeds"] == [110, 111, 112]
+    m = {e["metric"]: e for e in group["metrics"]}
+    assert list(m) == ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
+    assert (m["BLEU"]["mean"], m["BLEU"]["std"], m["BLEU"]["n"]) == (pytest.approx(71.0), pytest.approx(1.0), 3)
+    assert m["BLEU"]["paper"] == 70.4 and m["BLEU"]["paper_ci"] == 0.1 and m["BLEU"]["diff"] == pytest.approx(0.6)
+    assert m["NIST"]["mean"] == pytest.approx(9.0) and m["NIST"]["std"] == pytest.approx(0.07 ** 0.5)  # ddof 1
+    assert m["METEOR"]["mean"] == pytest.approx(47.0) and m["METEOR"]["std"] == pytest.approx(1.0)
+    assert m["ROUGE_L"]["mean"] == pytest.approx(72.0) and m["ROUGE_L"]["std"] == pytest.approx(0.0, abs=1e-12)
+    assert (m["CIDEr"]["mean"], m["CIDEr"]["std"], m["CIDEr"]["n"]) == (
+        pytest.approx(2.52), pytest.approx(0.02 * 2 ** 0.5), 2)
+    assert [r["seed"] for r in report["runs"]] == [110, 111, 112, 110]
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "### e2e gpt2-medium lora: 3 runs (seeds 110, 111, 112)" in md
+    assert "| BLEU | 71.00 ± 1.00 | 3 | 70.4 ± 0.1 | +0.60 |" in md
+    assert "| NIST | 9.0000 ± 0.2646 | 3 | 8.85 ± 0.02 | +0.15 |" in md
+    assert "| CIDEr | 2.5200 ± 0.0283 | 2 | 2.53 ± 0.02 | -0.01 |" in md
+
+
+def test_single_seed_has_no_spread_and_best_checkpoint_is_reported(tmp_path):
+    run = make_run(tmp_path, "one", metrics=E2E_SCORES, seed=110)
+    summary = json.loads((run / "train_summary.json").read_text())
+    summary.update(best_step=20, best_valid_loss=1.4, checkpoint={"selected": "best", "step": 20,
+                                                                  "select_by": "valid_loss"})
+    (run / "train_summary.json").write_text(json.dumps(summary))
+    build_report([run])
+    report = json.loads((run / "report.json").read_text())
+    assert report["seed_groups"] == []
+    assert (report["runs"][0]["best_step"], report["runs"][0]["best_valid_loss"]) == (20, 1.4)
+    md = (run / "report.md").read_text(encoding="utf-8")
+    assert "Across seeds" not in md
+    assert ("final valid loss 1.5000, best valid loss 1.4000 at step 20, 30 steps. The adapter holds the best "
+            "weights (step 20, --select-by valid_loss).") in md

@@ -10,6 +10,7 @@ import torch
 from nlg import mkl_prepack
 from nlg.mkl_prepack import frozen_mm, mm_out, pack_frozen
 from tests.test_train_packed import _model, packed_and_padded
+from tests.tolerance import assert_within, f64, gamma, mag, matmul_bound
 
 pytestmark = pytest.mark.skipif(not mkl_prepack.available(),
                                 reason="this torch build has no MKL packed GEMM (not an x86 MKL build)")
@@ -49,14 +50,17 @@ def test_packed_matmul_equals_torch_mm_for_any_row_count(rows):
     try:
         assert len(packs) == 1 and mkl_prepack.has_pack(holder.transformer.h[0][0].weight)
         x = torch.randn(rows, 48, generator=torch.Generator().manual_seed(rows))
-        torch.testing.assert_close(frozen_mm(x, holder.transformer.h[0][0].weight), x @ w, rtol=1e-5, atol=1e-5)
+        # both products within float32's rounding-error bound of the float64 one (tests/tolerance.py)
+        assert_within(frozen_mm(x, holder.transformer.h[0][0].weight), f64(x) @ f64(w), matmul_bound(x, w), "pack")
+        assert_within(x @ w, f64(x) @ f64(w), matmul_bound(x, w), "torch.mm")
         # a row-strided input (a slice of a wider matrix) and accumulation onto an existing tensor
         wide = torch.randn(rows, 60)
         acc = torch.randn(rows, 80)
-        expected = acc + wide[:, :48] @ w
+        expected = f64(acc) + f64(wide[:, :48]) @ f64(w)
+        bound = gamma(48 + 1) * (mag(acc) + mag(wide[:, :48]) @ mag(w))  # the addition is one more rounding
         out = frozen_mm(wide[:, :48], holder.transformer.h[0][0].weight, acc=acc)
         assert out.data_ptr() == acc.data_ptr()
-        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        assert_within(out, expected, bound, "pack, accumulated")
     finally:
         packs.release()
 
@@ -80,9 +84,15 @@ def test_gradients_equal_torch_mm_and_addmm():
             (y * up).sum().backward()
             grads.append((y.detach(), x.grad, r.grad))
         (yp, xp, rp), (yr, xr, rr) = grads
-        torch.testing.assert_close(yp, yr, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(xp, xr, rtol=1e-6, atol=1e-6)  # the backward is torch.mm itself
-        assert torch.equal(rp, rr)
+        # y = (r + 1) + 2 x@w: r + 1, the accumulating product, the second product and the sum round (48 + 3);
+        # dx = 2 up@w^T: two 80-term products and their sum (80 + 1); dr = up exactly
+        xw, up_wt = mag(x0) @ mag(w), mag(up) @ mag(w).t()
+        y64, y_err = f64(r0) + 1 + 2 * (f64(x0) @ f64(w)), gamma(48 + 3) * (mag(r0) + 1 + 2 * xw)
+        x64, x_err = 2 * (f64(up) @ f64(w).t()), gamma(80 + 1) * 2 * up_wt
+        for route, (yg, xg) in (("pack", (yp, xp)), ("torch", (yr, xr))):
+            assert_within(yg, y64, y_err, f"{route} output")
+            assert_within(xg, x64, x_err, f"{route} input gradient")
+        assert torch.equal(rp, rr) and torch.equal(rp, up)
     finally:
         packs.release()
 
@@ -114,9 +124,9 @@ def test_head_orientations_and_release():
     weight = holder.lm_head.weight
     assert mkl_prepack.has_pack(weight, transpose=True) and mkl_prepack.has_pack(weight)
     h, z = torch.randn(11, 48), torch.randn(11, 97)
-    torch.testing.assert_close(mm_out(h, weight, torch.empty(11, 97), transpose=True), h @ head.t(),
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(mm_out(z, weight, torch.empty(11, 48)), z @ head, rtol=1e-5, atol=1e-5)
+    assert_within(mm_out(h, weight, torch.empty(11, 97), transpose=True), f64(h) @ f64(head).t(),
+                  matmul_bound(h, head.t()), "h @ W^T")
+    assert_within(mm_out(z, weight, torch.empty(11, 48)), f64(z) @ f64(head), matmul_bound(z, head), "g @ W")
     assert pack_frozen(holder).ids == []  # packing twice does not duplicate
     packs.release()
     assert not mkl_prepack.has_pack(weight) and len(packs) == 0

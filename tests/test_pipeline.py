@@ -132,3 +132,39 @@ def test_killed_during_training_resumes_to_the_same_adapter(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert (a[key] == b[key]).all(), key
+
+
+def test_seeds_run_one_folder_each_then_a_report_across_them(tmp_path, monkeypatch):
+    """--seeds: the protocol once per seed in <run-dir>-s<seed> with the trainer's --seed, then eval.report over
+    the seed folders into <run-dir>-seeds (stages stubbed: this checks the orchestration only)."""
+    from nlg import pipeline
+
+    done, stages = [], []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda opts: done.append(opts) or Path(opts.run_dir))
+    monkeypatch.setattr(pipeline, "run_stage", lambda name, cmd, run_dir: stages.append((name, cmd, run_dir)))
+    base = tmp_path / "e2e-tiny-lora"
+    opts = pipeline.parse_args(["--dataset", "e2e", "--model", "tiny", "--run-dir", str(base), "--seeds", "110",
+                                "111", "112", "--", "--max-steps", "6", "--seed", "1"])
+    assert opts.seeds == [110, 111, 112] and opts.trainer_args == ["--max-steps", "6", "--seed", "1"]
+    out = pipeline.run_seeds(opts)
+    assert [o.run_dir for o in done] == [tmp_path / f"e2e-tiny-lora-s{s}" for s in (110, 111, 112)]
+    assert [o.trainer_args for o in done] == [["--max-steps", "6", "--seed", "1", "--seed", str(s)]
+                                              for s in (110, 111, 112)]  # argparse: the last --seed wins
+    assert all(o.seeds == [] and o.dataset == "e2e" and o.model == "tiny" for o in done)
+    assert out == tmp_path / "e2e-tiny-lora-seeds" and out.is_dir()
+    ((name, cmd, where),) = stages
+    assert name == "report" and where == out
+    assert cmd[cmd.index("eval.report") + 1:] == [*(str(o.run_dir) for o in done), "--out", str(out),
+                                                  "--split", "test"]
+    with pytest.raises(pipeline.PipelineError, match="repeats"):
+        pipeline.run_seeds(pipeline.parse_args(["--dataset", "e2e", "--seeds", "110", "110"]))
+
+
+def test_protocol_script_passes_seeds(tmp_path):
+    env = dict(os.environ, PYTHON="echo", SEEDS="110 111 112", RUN_DIR=str(tmp_path / "r"))
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "run_protocol.sh"), "e2e", "--max-steps", "3"], env=env,
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()
+    assert words[words.index("--seeds") + 1:words.index("--seeds") + 4] == ["110", "111", "112"]
+    assert words[-3:] == ["--", "--max-steps", "3"]

@@ -160,7 +160,8 @@ def test_run_folder_contract(tmp_path):
     assert [x["lr"] for x in train_lines] == [0.0, 5e-3, 1e-2, pytest.approx(1e-2 * 2 / 3, rel=1e-15), pytest.approx(1e-2 / 3, rel=1e-15)]
     summary = json.loads((out / "train_summary.json").read_text())
     assert set(summary) == {"trainable_params", "train_time_s", "tokens_per_s", "final_train_loss",
-                            "final_valid_loss", "steps"}
+                            "final_valid_loss", "steps", "best_step", "best_valid_loss", "checkpoint"}
+    assert summary["checkpoint"]["selected"] == "last" and summary["checkpoint"]["step"] == 5  # the default
     assert summary["steps"] == 5 and summary["final_valid_loss"] == valid_lines[-1]["valid_loss"]
     assert summary["final_train_loss"] == train_lines[-1]["loss"]
     # the adapter holds exactly the trained tensors of the last checkpoint

@@ -13,6 +13,8 @@ from nlg.loss import MASK_EPS, MaskedLMLoss, fused_head_applies, masked_lm_loss
 from nlg.lora import LoRAConv1D
 from nlg.varlen_attention import varlen_causal_attention
 from tests.test_train_packed import _batch, _model, packed_and_padded
+from tests.tolerance import (EXP_U20, U32, ULP_FN, assert_within, cross_entropy_bounds, f64, gamma, mag, matmul_bound,
+                             softmax_bounds)
 from transformers.pytorch_utils import Conv1D
 
 
@@ -20,10 +22,28 @@ def _reference_loss(hidden, weight, targets, ls, denom):
     return F.cross_entropy(hidden @ weight.t(), targets, reduction="sum", label_smoothing=ls) / denom
 
 
+def head_loss_bounds(hidden, weight, targets, ls, denom, upstream=1.0):
+    """Float64 ``sum_rows(cross_entropy(hidden @ weight^T, ls)) / denom`` and its gradients times ``upstream``,
+    each with the bound on what any float32 evaluation (the fused one or autograd's) may make of it
+    (tests/tolerance.py): ``(loss, loss_err), (grad_h, grad_h_err), (grad_w, grad_w_err)``."""
+    h, w = f64(hidden), f64(weight)
+    m, vocab = h.shape[0], w.shape[0]
+    rows, rows_err, g, g_err = cross_entropy_bounds(h @ w.t(), matmul_bound(hidden, weight.t()), targets, ls)
+    den = float(denom)  # the float32 denominator both routes divide by
+    loss = rows.sum() / den
+    loss_err = (rows_err.sum() + gamma(m + 2) * rows.sum()) / den  # the m-row sum, the division (rows >= 0)
+    s = upstream / den  # up to 4 roundings of the scalar factors (upstream and 1/denom, applied before or after)
+    grad_h = s * (g @ w), s * (g_err @ mag(weight) + gamma(vocab + 4) * (g.abs() @ mag(weight)))
+    grad_w = s * (g.t() @ h), s * (g_err.t() @ mag(hidden) + gamma(m + 4) * (g.abs().t() @ mag(hidden)))
+    return (loss, loss_err), grad_h, grad_w
+
+
 @pytest.mark.parametrize("ls", [0.0, 0.1])
 @pytest.mark.parametrize("weight_grad", [False, True])
 @pytest.mark.parametrize("chunk_rows", [512, 7])
 def test_fused_head_loss_equals_cross_entropy(ls, weight_grad, chunk_rows):
+    """Fused and autograd's loss and gradients, each within the float32 rounding-error bound of the float64 values
+    (an elementwise bound scaled by the magnitudes summed: MKL picks other kernels on other CPUs)."""
     g = torch.Generator().manual_seed(1)
     m, d, vocab = 30, 16, 97
     hidden = torch.randn(m, d, generator=g) * 2
@@ -31,7 +51,8 @@ def test_fused_head_loss_equals_cross_entropy(ls, weight_grad, chunk_rows):
     targets = torch.randint(0, vocab, (m,), generator=g)
     denom = torch.tensor(m + MASK_EPS)
     upstream = 1.7  # the backward scales by the incoming gradient
-    results = []
+    (loss64, loss_err), (gh64, gh_err), (gw64, gw_err) = head_loss_bounds(hidden, weight, targets, ls, denom,
+                                                                          upstream)
     for fused in (True, False):
         h = hidden.clone().requires_grad_(True)
         w = weight.clone().requires_grad_(weight_grad)
@@ -40,14 +61,13 @@ def test_fused_head_loss_equals_cross_entropy(ls, weight_grad, chunk_rows):
         else:
             loss = _reference_loss(h, w, targets, ls, denom)
         (loss * upstream).backward()
-        results.append((loss.detach(), h.grad, w.grad))
-    (lf, hf, wf), (lr, hr, wr) = results
-    torch.testing.assert_close(lf, lr, rtol=1e-6, atol=0)
-    torch.testing.assert_close(hf, hr, rtol=1e-5, atol=1e-7)
-    if weight_grad:
-        torch.testing.assert_close(wf, wr, rtol=1e-5, atol=1e-7)
-    else:
-        assert wf is None
+        route = "fused" if fused else "autograd"
+        assert_within(loss.detach(), loss64, loss_err, f"{route} loss")
+        assert_within(h.grad, gh64, gh_err, f"{route} hidden gradient")
+        if weight_grad:
+            assert_within(w.grad, gw64, gw_err, f"{route} weight gradient")
+        else:
+            assert w.grad is None
 
 
 def test_fused_head_loss_without_grad_and_buffer_reuse():
@@ -59,7 +79,9 @@ def test_fused_head_loss_without_grad_and_buffer_reuse():
         targets = torch.randint(0, 50, (m,), generator=g)
         with torch.no_grad():
             loss = head_cross_entropy_sum(hidden, weight, targets, 0.1, float(m), buffer, chunk_rows=6)
-        torch.testing.assert_close(loss, _reference_loss(hidden, weight, targets, 0.1, float(m)), rtol=1e-6, atol=0)
+        loss64, loss_err = head_loss_bounds(hidden, weight, targets, 0.1, float(m))[0]
+        assert_within(loss, loss64, loss_err, f"fused loss, {m} rows")
+        assert_within(_reference_loss(hidden, weight, targets, 0.1, float(m)), loss64, loss_err, f"loss, {m} rows")
     empty = head_cross_entropy_sum(torch.zeros(0, 8, requires_grad=True), weight, torch.zeros(0, dtype=torch.long),
                                    0.1, MASK_EPS, buffer)
     assert empty.item() == 0.0
@@ -72,15 +94,18 @@ def test_masked_loss_fused_and_plain_agree_and_fallbacks():
     targets = torch.randint(0, 50, (2, 5))
     mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
     assert fused_head_applies(hidden, head)
-    grads = []
+    sel = mask.bool()
+    denom = sel.sum().to(torch.float32) + MASK_EPS  # float32, as both routes compute it
+    (loss64, loss_err), (gh64, gh_err), _ = head_loss_bounds(hidden[sel], head.weight, targets[sel], 0.1, denom)
+    grad64, grad_err = torch.zeros(hidden.shape, dtype=torch.float64), torch.zeros(hidden.shape, dtype=torch.float64)
+    grad64[sel], grad_err[sel] = gh64, gh_err  # unmasked positions: exactly zero
     for fused in (True, False):
         hidden.grad = None
         loss = masked_lm_loss(hidden, head, targets, mask, 0.1, fused=fused)
         loss.backward()
-        grads.append((loss.detach(), hidden.grad.clone()))
-    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=0)
-    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-8)
-    assert grads[0][1][0, 0].abs().max() == 0  # unmasked positions get no gradient
+        assert_within(loss.detach(), loss64, loss_err, f"loss, fused={fused}")
+        assert_within(hidden.grad, grad64, grad_err, f"hidden gradient, fused={fused}")
+        assert hidden.grad[0, 0].abs().max() == 0  # unmasked positions get no gradient
     biased = torch.nn.Linear(8, 50, bias=True)
     assert not fused_head_applies(hidden, biased)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -94,6 +119,56 @@ def _packed_qkv(lengths, heads=4, dh=8, seed=0):
     ends = torch.tensor(lengths).cumsum(0).tolist()
     bounds = tuple((e - k, e) for e, k in zip(ends, lengths))
     return qkv, bounds
+
+
+def causal_attention_bounds(qkv, bounds, heads, scale, upstream, flash=lambda length: True):
+    """Float64 per-sequence causal attention of packed ``qkv`` and its gradient for ``upstream``, each with the
+    bound on what a float32 evaluation may make of it (tests/tolerance.py): by matmuls and ATen's softmax (ours;
+    SDPA's math route, with the scale's root applied to q and k), or, where ``flash(length)``, possibly by ATen's
+    CPU flash kernel (exp_u20, rowsum(dO * O) in the backward). Returns ``(out, out_err), (grad, grad_err)``,
+    packed."""
+    n, dh = qkv.shape[0], qkv.shape[1] // 3 // heads
+    x, g = f64(qkv).view(n, 3, heads, dh), f64(upstream).view(n, heads, dh)
+    out, out_err = torch.zeros(n, heads, dh, dtype=torch.float64), torch.zeros(n, heads, dh, dtype=torch.float64)
+    grad, grad_err = torch.zeros(n, 3, heads, dh, dtype=torch.float64), torch.zeros(n, 3, heads, dh,
+                                                                                     dtype=torch.float64)
+    u = U32
+    for start, end in bounds:
+        length = end - start
+        q, k, v = (x[start:end, i].transpose(0, 1) for i in range(3))  # [H, L, dh]
+        go = g[start:end].transpose(0, 1)
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        # scores: the dh-term products, the scale (or its root, twice) and its rounding to float32
+        s_exact = (scale * q @ k.transpose(1, 2)).masked_fill(~causal, float("-inf"))
+        s_err = gamma(dh + 4) * scale * (q.abs() @ k.abs().transpose(1, 2))
+        p, rel, _ = softmax_bounds(s_exact, s_err, exp_err=EXP_U20 if flash(length) else ULP_FN)
+        p_err = p * rel
+        o = p @ v
+        o_err = gamma(length) * (p @ v.abs()) + p_err @ v.abs()
+        # backward: dV = P^T dO, dP = dO V^T, D = rowsum(P * dP) or rowsum(dO * O), dS = P (dP - D) scale
+        dp = go @ v.transpose(1, 2)
+        dp_err = gamma(dh) * (go.abs() @ v.abs().transpose(1, 2))
+        d = (p * dp).sum(-1, keepdim=True)
+        d_err = torch.maximum(gamma(length) * (p * dp.abs()).sum(-1, keepdim=True)
+                              + (p_err * dp.abs() + p * dp_err).sum(-1, keepdim=True),
+                              gamma(dh) * (go.abs() * o.abs()).sum(-1, keepdim=True)
+                              + (go.abs() * o_err).sum(-1, keepdim=True))
+        ds = p * (dp - d)
+        # the subtraction and the product (2u of the parts), the scale and its float32 rounding (2u)
+        ds_err = p_err * (dp - d).abs() + p * (dp_err + d_err) + 4 * u * p * (dp.abs() + d.abs())
+        dq = scale * ds @ k
+        dk = scale * ds.transpose(1, 2) @ q
+        dv = p.transpose(1, 2) @ go
+        # the L-term products and up to 4 roundings by the scale (its root rounded, applied to k or q and to the
+        # product)
+        dq_err = scale * (gamma(length + 4) * (ds.abs() @ k.abs()) + ds_err @ k.abs())
+        dk_err = scale * (gamma(length + 4) * (ds.abs().transpose(1, 2) @ q.abs())
+                          + ds_err.transpose(1, 2) @ q.abs())
+        dv_err = gamma(length) * (p.transpose(1, 2) @ go.abs()) + p_err.transpose(1, 2) @ go.abs()
+        out[start:end], out_err[start:end] = o.transpose(0, 1), o_err.transpose(0, 1)
+        for i, (gi, ei) in enumerate(((dq, dq_err), (dk, dk_err), (dv, dv_err))):
+            grad[start:end, i], grad_err[start:end, i] = gi.transpose(0, 1), ei.transpose(0, 1)
+    return (out.view(n, -1), out_err.view(n, -1)), (grad.view(n, -1), grad_err.view(n, -1))
 
 
 @pytest.mark.parametrize("math_max_len", [128, 4, 0])  # all by matmuls, mixed, all by the flash kernel
@@ -116,8 +191,12 @@ def test_varlen_attention_equals_sdpa_per_sequence(math_max_len, monkeypatch):
         ref_parts.append(o.transpose(0, 1).reshape(end - start, heads * dh))
     ref = torch.cat(ref_parts)
     ref.backward(upstream)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
+    # ours: the flash kernel beyond MATH_MAX_LEN, matmuls up to it; SDPA's reference: either, as it chooses
+    for route, (o, gr), flash in (("varlen", (out, x.grad), lambda length: length > math_max_len),
+                                  ("SDPA", (ref, ref_x.grad), lambda length: True)):
+        (out64, out_err), (grad64, grad_err) = causal_attention_bounds(qkv, bounds, heads, 0.3, upstream, flash)
+        assert_within(o, out64, out_err, f"{route} output")
+        assert_within(gr, grad64, grad_err, f"{route} qkv gradient")
     # sequences do not see each other: changing the last sequence leaves the others' outputs bitwise equal
     other = qkv.clone()
     other[bounds[-1][0]:] += 1.0

@@ -1,0 +1,149 @@
+"""The general-domain English corpus the small GPT-2 is pretrained on here: WebNLG 2017 and DART texts, never E2E.
+
+Documents are the human-written sentences of WebNLG 2017 (every lexicalisation of train, dev and test) and
+DART v1.1.1 (every annotation of the splits present) whose source is not E2E: DART carries E2E sentences
+(annotations with ``"source": "e2e"``, ``comment="e2e"`` in the XML), and a model that is later adapted and
+scored on E2E must not have seen them. Exact duplicates are kept once (DART's WebNLG partition repeats WebNLG's
+texts), in a fixed order, so the corpus is a pure function of its inputs. Every 50th document is held out to
+measure perplexity.
+
+Offline with no raw data, :func:`generated_documents` writes an English corpus from templates invented here
+(facts about invented people, places and things, no restaurants), labelled ``"generated"`` wherever it is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data.common import load_json
+from data.dart.prepare import entries_from_xml
+from data.dart.prepare import locate as dart_locate
+from data.webnlg.prepare import locate as webnlg_locate
+from data.webnlg.prepare import read as webnlg_read
+
+HELD_OUT_EVERY = 50  # document i (from 0) is held out when i % 50 == 49
+EXCLUDED_SOURCES = ("e2e",)  # DART annotation sources never put into the corpus (compared lower-cased)
+SUBDIRS = {"webnlg": "webnlg_challenge_2017", "dart": "dart"}
+
+
+@dataclass
+class Corpus:
+    """Documents in corpus order with where they came from and what was left out."""
+
+    documents: list[str] = field(default_factory=list)
+    sources: dict[str, dict] = field(default_factory=dict)  # per source: files, documents kept
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> count
+    kind: str = "shared"  # "shared" (the real datasets) or "generated" (the offline template corpus)
+
+    def add(self, source: str, texts, seen: set[str]) -> None:
+        kept = 0
+        for text in texts:
+            text = " ".join(text.split())
+            if not text:
+                self.excluded["empty"] = self.excluded.get("empty", 0) + 1
+            elif text in seen:
+                self.excluded["duplicate"] = self.excluded.get("duplicate", 0) + 1
+            else:
+                seen.add(text)
+                self.documents.append(text)
+                kept += 1
+        self.sources.setdefault(source, {"documents": 0})["documents"] += kept
+
+    def split(self) -> tuple[list[str], list[str]]:
+        """(train documents, held-out documents)."""
+        train = [d for i, d in enumerate(self.documents) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+        held = [d for i, d in enumerate(self.documents) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+        return train, held
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for doc in self.documents:
+            digest.update(doc.encode("utf-8") + b"\n")
+        return digest.hexdigest()[:16]
+
+
+def dart_texts(entries: list, counts: dict[str, int]) -> list[str]:
+    """The annotation texts of DART entries, leaving out every annotation from an excluded source (E2E)."""
+    texts = []
+    for entry in entries:
+        for ann in entry.get("annotations", []):
+            source = str(ann.get("source") or "").strip().lower()
+            if source in EXCLUDED_SOURCES:
+                counts[f"dart source {source}"] = counts.get(f"dart source {source}", 0) + 1
+                continue
+            texts.append(ann.get("text") or "")
+    return texts
+
+
+def _dart_entries(path: Path) -> list:
+    return entries_from_xml(path) if path.suffix.lower() == ".xml" else load_json(path)
+
+
+def shared_corpus(data_dir: str | Path) -> Corpus:
+    """The corpus from a folder laid out like ``../shared/data`` (``webnlg_challenge_2017/``, ``dart/``).
+
+    Splits that are absent are skipped (and not listed); at least one must be present.
+    """
+    data_dir = Path(data_dir)
+    corpus, seen = Corpus(kind="shared"), set()
+    for split in ("train", "valid", "test"):
+        try:
+            source = webnlg_locate(data_dir / SUBDIRS["webnlg"], split)
+        except FileNotFoundError:
+            continue
+        corpus.add("webnlg", [r["completion"] for r in webnlg_read(source, split)], seen)
+        corpus.sources["webnlg"].setdefault("files", []).append(str(source.relative_to(data_dir)))
+    for split in ("train", "valid", "test"):
+        try:
+            source = dart_locate(data_dir / SUBDIRS["dart"], split)
+        except FileNotFoundError:
+            continue
+        corpus.add("dart", dart_texts(_dart_entries(source), corpus.excluded), seen)
+        corpus.sources["dart"].setdefault("files", []).append(str(source.relative_to(data_dir)))
+    if not corpus.documents:
+        raise FileNotFoundError(f"{data_dir}: no WebNLG 2017 or DART split found to pretrain on "
+                                f"(looked in {SUBDIRS['webnlg']}/ and {SUBDIRS['dart']}/)")
+    return corpus
+
+
+# ------------------------------------------------------------------ the offline template corpus
+_PEOPLE = ["Anna Berg", "Tomas Reyes", "Mira Okafor", "Jonas Lind", "Priya Natarajan", "Leo Castell", "Ines Duarte",
+           "Kofi Mensah", "Sara Holm", "Daniel Weiss", "Yuki Tanaka", "Omar Haddad"]
+_PLACES = ["Northbridge", "Castelvero", "Lake Arden", "Port Elms", "Riverton", "Valmont", "Kestrel Bay", "Ostrava Hill"]
+_COUNTRIES = ["Norland", "Estavia", "Marrow", "the Kingdom of Pell", "Vastria"]
+_JOBS = ["an engineer", "a painter", "a footballer", "a politician", "an astronaut", "a composer", "a novelist"]
+_THINGS = ["bridge", "university", "airport", "river", "museum", "stadium", "cathedral", "railway station"]
+_TEMPLATES = [
+    "{person} was born in {place} , {country} .",
+    "{person} is {job} who lives in {place} .",
+    "The {thing} in {place} was built in {year} .",
+    "{place} is a city in {country} with a population of {number} .",
+    "{person} , who was born in {year} , works as {job} .",
+    "The {thing} of {place} is located in {country} .",
+    "{person} studied at the university of {place} and later became {job} .",
+    "{place} lies on the coast of {country} and is known for its {thing} .",
+    "In {year} , {person} moved from {place} to {country} .",
+    "The {thing} near {place} is {number} metres long .",
+]
+
+
+def generated_documents(n: int = 3000, seed: int = 0) -> list[str]:
+    """``n`` English sentences of invented facts (no E2E slot, value or template), for offline machines."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        k = rng.randint(1, 3)
+        sentences = [rng.choice(_TEMPLATES).format(
+            person=rng.choice(_PEOPLE), place=rng.choice(_PLACES), country=rng.choice(_COUNTRIES),
+            job=rng.choice(_JOBS), thing=rng.choice(_THINGS), year=rng.randint(1800, 2020),
+            number=rng.randint(2, 900) * 100) for _ in range(k)]
+        docs.append(" ".join(sentences))
+    return docs
+
+
+def generated_corpus(n: int = 3000, seed: int = 0) -> Corpus:
+    corpus = Corpus(kind="generated")
+    corpus.add("generated", generated_documents(n, seed), set())
+    return corpus

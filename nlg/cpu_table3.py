@@ -1,0 +1,372 @@
+"""``python -m nlg.cpu_table3``: the paper's Table 3 at CPU scale — a small GPT-2 pretrained here, adapted on E2E
+with every method, scored with the paper's beam search and all five E2E metrics.
+
+Protocol (what ``scripts/cpu_table3.sh`` runs):
+
+1. pretrain ``mini`` once (nlg.pretrain; cached, WebNLG 2017 + DART text, no E2E);
+2. E2E's train split is not in ``../shared``: the dev split trains, minus a held-out slice of meaning
+   representations (every 10th distinct MR in file order, with all its references: no MR on both sides); the
+   slice is the trainer's validation set, on which the best checkpoint is selected; the full test split is
+   decoded and scored;
+3. every row of :data:`ROWS` trains, decodes (beam 10, length penalty 0.9, no-repeat 4 — the paper's) and scores
+   through the project's own CLIs (``nlg.train``, ``nlg.generate``, ``nlg.decode``, ``eval.score``), two runs at a
+   time on one thread each; each run's folder is complete on its own and a re-run skips finished stages;
+4. ``manifest.json`` lists rows and run folders; ``eval.table_report`` turns it into the combined report.
+
+Sizes are scaled to the small model the way the paper's are to GPT-2 M: settings that do not depend on the
+width (LoRA rank r = 4 on W_q, W_v with alpha 32, Adapter^L bottleneck 6, prefix length 14) are kept as they are;
+widths that the paper sets as a fraction of d scale with d (Adapter^H's bottleneck 112 of 1024 becomes 28 of 256).
+The recipe is the paper's E2E recipe (Table 11: AdamW lr 2e-4, weight decay 0.01, batch 8, linear schedule,
+label smoothing 0.1, LoRA dropout 0.1) with the epoch count and warm-up cut to the budget (:data:`BUDGET`).
+Rows marked ``tuned`` change one setting, chosen on the held-out dev slice (never on test).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nlg.config import PretrainConfig
+from nlg.io_utils import iter_jsonl, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("NLG_SHARED_DIR", REPO.parent / "shared"))
+HELD_OUT_EVERY = 10  # every 10th distinct dev MR is held out for selection
+PAPER_SEED = 110
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a method (or control) with its settings, trained once per seed."""
+
+    id: str
+    label: str
+    kind: str  # "method" | "control" | "tuned"
+    method: str | None  # None: decode the pretrained model as it is
+    settings: str
+    flags: tuple[str, ...] = ()
+    seeds: int = 1  # how many of --seeds this row runs (the first ones)
+    base: str = "pretrained"  # "pretrained" | "random" (the from-scratch control)
+    paper_method: str | None = None
+
+
+ROWS: tuple[Row, ...] = (
+    Row("no-adapt", "pretrained, no adaptation", "control", None, "the pretrained model decoded as it is"),
+    Row("ft-random", "FT from random init", "control", "ft", "every weight, random initialisation, same budget",
+        base="random"),
+    Row("ft", "FT", "method", "ft", "every weight", seeds=3, paper_method="ft"),
+    Row("ft-top2", "FT^Top2", "method", "ft-top2", "last two blocks", paper_method="ft-top2"),
+    Row("adapter-l", "Adapter^L", "method", "adapter-l", "bottleneck 6 (paper: 6)", ("--adapter-dim", "6"),
+        paper_method="adapter-l"),
+    Row("adapter-h", "Adapter^H", "method", "adapter-h", "bottleneck 28 = 112 x 256/1024 (paper: 112)",
+        ("--adapter-dim", "28"), paper_method="adapter-h"),
+    Row("prefix-layer", "PreLayer", "method", "prefix-layer", "l_p = 14 (paper: 14), MLP width 512",
+        ("--prefix-len", "14"), paper_method="prefix-layer"),
+    Row("prefix-embed", "PreEmbed", "method", "prefix-embed", "l_p = 14, l_i = 4",
+        ("--prefix-len", "14", "--infix-len", "4")),
+    Row("lora", "LoRA", "method", "lora", "r = 4 on W_q, W_v, alpha 32 (paper)", ("--rank", "4"), seeds=3,
+        paper_method="lora"),
+    Row("lora-lr", "LoRA, lr 2e-3", "tuned", "lora", "r = 4 on W_q, W_v; lr 2e-3 (10x the paper's)",
+        ("--rank", "4", "--lr", "2e-3")),
+    Row("lora-r16-all", "LoRA r=16 all, lr 2e-3", "tuned", "lora",
+        "r = 16 on q, k, v, o, c_fc, c_proj; lr 2e-3",
+        ("--rank", "16", "--lora-alpha", "128", "--lora-targets", "q,k,v,o,c_fc,c_proj", "--lr", "2e-3")),
+)
+ROW_IDS = tuple(r.id for r in ROWS)
+
+
+@dataclass
+class Budget:
+    """What every training run gets (the paper: 5 epochs, 500 warm-up steps over 42k examples)."""
+
+    epochs: int = 3
+    warmup_steps: int = 100
+    max_steps: int | None = None
+    train_limit: int | None = None  # first N training records (CI-sized runs)
+    test_limit: int | None = None  # first N test records (CI-sized runs)
+    decode_batch: int = 32
+
+    def train_flags(self) -> list[str]:
+        flags = ["--epochs", str(self.epochs), "--warmup-steps", str(self.warmup_steps)]
+        return flags + (["--max-steps", str(self.max_steps)] if self.max_steps else [])
+
+
+BUDGET = Budget()
+
+
+@dataclass
+class Options:
+    out: Path = REPO / "runs" / "cpu-table3"
+    rows: tuple[str, ...] = ROW_IDS
+    seeds: tuple[int, ...] = (110, 111, 112)
+    workers: int = 2
+    budget: Budget = field(default_factory=Budget)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    pretrained_model: str | None = None  # use this model folder instead of pretraining
+    raw_dir: Path | None = None  # E2E raw files (default ../shared/data/e2e, else the synthetic sample)
+    corpus_dir: Path | None = None  # WebNLG/DART folders for pretraining (default ../shared/data)
+    report_dir: Path | None = None
+
+
+def log(message: str) -> None:
+    print(f"[cpu-table3] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- data
+def split_dev_by_mr(formatted: Path, encoded: Path, out_dir: Path, every: int = HELD_OUT_EVERY) -> dict:
+    """Dev records -> train (most MRs) and held-out (every ``every``-th distinct MR), both files of each kept
+    paired line by line; returns counts."""
+    fmt = [rec for _, rec in iter_jsonl(formatted)]
+    enc = [rec for _, rec in iter_jsonl(encoded)]
+    if len(fmt) != len(enc):
+        raise ValueError(f"{formatted} and {encoded} differ in length ({len(fmt)} vs {len(enc)})")
+    order = list(dict.fromkeys(r["context"] for r in fmt))
+    held = {mr for i, mr in enumerate(order) if i % every == every - 1}
+    parts = {"train": [], "valid": []}
+    for f, e in zip(fmt, enc):
+        parts["valid" if f["context"] in held else "train"].append((f, e))
+    for split, pairs in parts.items():
+        for suffix, index in (("_formatted.jsonl", 0), (".jsonl", 1)):
+            with open(out_dir / f"{split}{suffix}.tmp", "w", encoding="utf-8", newline="\n") as handle:
+                for pair in pairs:
+                    handle.write(json.dumps(pair[index]) + "\n")
+            os.replace(out_dir / f"{split}{suffix}.tmp", out_dir / f"{split}{suffix}")
+    return {"train_records": len(parts["train"]), "valid_records": len(parts["valid"]),
+            "train_mrs": len(order) - len(held), "valid_mrs": len(held)}
+
+
+def prepare_data(opts: Options) -> dict:
+    """E2E dev and test prepared once into OUT/data, the dev split cut by MR; returns data_source.json."""
+    from data.e2e.prepare import prepare
+
+    data_dir = opts.out / "data"
+    marker = data_dir / "data_source.json"
+    if marker.is_file():
+        return json.loads(marker.read_text(encoding="utf-8"))
+    raw, source = opts.raw_dir, "raw-dir"
+    if raw is None:
+        shared = SHARED / "data" / "e2e"
+        if shared.is_dir():
+            raw, source = shared, "shared"
+        else:
+            from data.synthetic import write_synthetic_e2e
+
+            raw, source = write_synthetic_e2e(opts.out / "raw-synthetic", n_valid=200, n_test=50), "synthetic"
+    full = data_dir / "full"
+    prepare(raw_dir=raw, out_dir=full, splits=("valid", "test"))
+    counts = split_dev_by_mr(full / "valid_formatted.jsonl", full / "valid.jsonl", data_dir)
+    for suffix in ("_formatted.jsonl", ".jsonl"):
+        os.replace(full / f"test{suffix}", data_dir / f"test{suffix}")
+    for split, limit in (("train", opts.budget.train_limit), ("test", opts.budget.test_limit)):
+        if limit:  # CI-sized runs: the first N records of a split
+            for suffix in ("_formatted.jsonl", ".jsonl"):
+                path = data_dir / f"{split}{suffix}"
+                lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[:limit]
+                path.write_text("".join(lines), encoding="utf-8")
+    counts["train_records"] = sum(1 for _ in iter_jsonl(data_dir / "train.jsonl"))
+    test_records = sum(1 for _ in iter_jsonl(data_dir / "test.jsonl"))
+    info = {"source": source, "raw_dir": str(raw), "synthetic_data": source == "synthetic", "train_split": "valid",
+            "split_rule": f"dev split minus every {HELD_OUT_EVERY}th distinct MR (held out for selection)",
+            "test_records": test_records, **counts}
+    write_json(marker, info)
+    return info
+
+
+# ---------------------------------------------------------------- runs
+def _python(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def run_logged(name: str, cmd: list[str], run_dir: Path, threads: int) -> float:
+    """Run one stage with its output in RUN/logs/<name>.log; returns seconds; raises with the log's path."""
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    start = time.time()
+    with open(logs / f"{name}.log", "a", encoding="utf-8") as handle:
+        handle.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
+        handle.flush()
+        code = subprocess.call(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise RuntimeError(f"{run_dir.name}: {name} failed (exit {code}); see {logs / (name + '.log')}")
+    return time.time() - start
+
+
+def run_dir_of(opts: Options, row: Row, seed: int) -> Path:
+    return opts.out / "runs" / f"{row.id}-s{seed}"
+
+
+def run_one(opts: Options, row: Row, seed: int, model_dir: str, threads: int) -> Path:
+    """Train (unless a control without training), decode, score one run; finished stages are skipped."""
+    run = run_dir_of(opts, row, seed)
+    data = opts.out / "data"
+    run.mkdir(parents=True, exist_ok=True)
+    base = f"random:{opts.pretrain.card}" if row.base == "random" else model_dir
+    b = opts.budget
+    if row.method is not None and not (run / "train_summary.json").is_file():
+        args = ["--dataset", "e2e", "--model", base, "--method", row.method, "--seed", str(seed),
+                "--train-data", str(data / "train.jsonl"), "--valid-data", str(data / "valid.jsonl"),
+                "--out-dir", str(run), "--quiet", "--select-by", "valid_loss", *b.train_flags(), *row.flags]
+        if (run / "recipe.json").is_file():
+            args.append("--resume")
+        run_logged("train", _python("nlg.train", *args), run, threads)
+    if row.method is None and not (run / "recipe.json").is_file():
+        write_json(run / "recipe.json", {"dataset": "e2e", "model": base, "method": None, "seed": seed,
+                                         "random_model": False, "trainable_params": 0})
+    if not (run / "predictions.test.jsonl").is_file():
+        args = ["--run-dir", str(run), "--dataset", "e2e", "--split", "test", "--data", str(data / "test.jsonl"),
+                "--batch-size", str(b.decode_batch), "--quiet"]
+        args += ["--model", base] if row.method is None else []
+        run_logged("generate", _python("nlg.generate", *args), run, threads)
+    if not (run / "eval" / "test").is_dir():
+        run_logged("decode", _python("nlg.decode", "--run-dir", str(run), "--dataset", "e2e", "--split", "test",
+                                     "--formatted", str(data / "test_formatted.jsonl")), run, threads)
+    if not (run / "scores.test.json").is_file():
+        run_logged("score", _python("eval.score", "--run-dir", str(run), "--dataset", "e2e", "--split", "test"),
+                   run, threads)
+    return run
+
+
+def jobs(opts: Options) -> list[tuple[Row, int]]:
+    by_id = {r.id: r for r in ROWS}
+    unknown = [r for r in opts.rows if r not in by_id]
+    if unknown:
+        raise ValueError(f"unknown row(s) {unknown}; expected some of {', '.join(ROW_IDS)}")
+    rows = [by_id[r] for r in opts.rows]
+    # the longest jobs first, so two workers finish together
+    out = [(row, seed) for row in rows for seed in opts.seeds[:max(1, row.seeds)]]
+    return sorted(out, key=lambda j: (j[0].method is None, j[0].method not in ("ft",), j[0].base != "random"))
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def run_table(opts: Options, command: str = "") -> Path:
+    """Everything, resumable; returns the folder with manifest.json (and the report once eval.table_report runs)."""
+    from nlg.pretrain import pretrain, pretrain_info
+
+    start = time.time()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    if opts.pretrained_model:
+        model_dir = Path(opts.pretrained_model)
+    else:
+        log("pretraining (or reusing the cached) small GPT-2")
+        model_dir = pretrain(opts.pretrain, data_dir=opts.corpus_dir, quiet=True)
+    info = pretrain_info(model_dir) or {}
+    pretrain_s = time.time() - start
+    log(f"model: {model_dir} ({pretrain_s:.0f} s)")
+    data_info = prepare_data(opts)
+    log(f"data: {data_info}")
+    todo = jobs(opts)
+    threads = 1 if opts.workers > 1 else max(1, os.cpu_count() or 1)
+    done, failures = 0, []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=opts.workers) as pool:
+        futures = {pool.submit(run_one, opts, row, seed, str(model_dir), threads): (row, seed) for row, seed in todo}
+        for fut in concurrent.futures.as_completed(futures):
+            row, seed = futures[fut]
+            done += 1
+            try:
+                fut.result()
+                log(f"[{done}/{len(todo)}] {row.id} seed {seed} done ({time.time() - start:.0f} s so far)")
+            except Exception as exc:  # keep the other runs going; the report lists what is missing
+                failures.append(str(exc))
+                log(f"[{done}/{len(todo)}] FAILED: {exc}")
+    wall = time.time() - start
+    manifest = {
+        "title": "Table 3 at CPU scale: E2E with a small GPT-2 pretrained here",
+        "command": command, "machine": machine(), "wall_time_s": round(wall, 1), "budget_s": 90 * 60,
+        "pretrain_time_s": round(pretrain_s, 1), "pretrain": {**info, "model_dir": str(model_dir)},
+        "data": data_info, "budget": dataclasses.asdict(opts.budget), "seeds": list(opts.seeds),
+        "failures": failures,
+        "notes": [
+            "Sizes scaled to the small model as the paper's are to GPT-2 M: width-free settings kept (LoRA r = 4 on "
+            "W_q, W_v, alpha 32; Adapter^L bottleneck 6; prefix length 14), Adapter^H's bottleneck scaled with the "
+            "width (112 x 256/1024 = 28).",
+            f"Recipe: the paper's E2E recipe (Table 11) with {opts.budget.epochs} epochs and "
+            f"{opts.budget.warmup_steps} warm-up steps instead of 5 and 500 (budget); best checkpoint by dev loss "
+            "on the held-out MR slice.",
+            "Tuned rows change one setting each (learning rate, rank, targets); they were chosen by their dev loss "
+            "on the held-out slice of the dev split, never by test scores.",
+            f"Data: {data_info.get('split_rule')}: {data_info.get('train_records')} training records "
+            f"({data_info.get('train_mrs')} MRs), {data_info.get('valid_records')} held out "
+            f"({data_info.get('valid_mrs')} MRs); scored on {data_info.get('test_records')} test records.",
+            f"Seeds: {', '.join(map(str, opts.seeds))} for rows marked with n = {len(opts.seeds)}; the others ran "
+            f"seed {opts.seeds[0]} only (budget).",
+        ],
+        "rows": [dict(id=r.id, label=r.label, kind=r.kind, method=r.method, settings=r.settings,
+                      paper_method=r.paper_method,
+                      runs=[str(run_dir_of(opts, r, s)) for s in opts.seeds[:max(1, r.seeds)]])
+                 for r in ROWS if r.id in opts.rows],
+    }
+    write_json(opts.out / "manifest.json", manifest)
+    try:
+        from eval.table_report import build_table_report
+    except ImportError:
+        log("eval.table_report is not available: manifest written, no report")
+        return opts.out
+    report_dir = opts.report_dir or opts.out / "report"
+    build_table_report(opts.out / "manifest.json", report_dir)
+    log(f"report: {report_dir / 'report.md'}; whole run {wall / 60:.1f} min (budget 90)")
+    return report_dir
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Options, str]:
+    p = argparse.ArgumentParser(prog="python -m nlg.cpu_table3", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Options.out)
+    p.add_argument("--report-dir", type=Path, help="where the report goes (default OUT/report)")
+    p.add_argument("--rows", nargs="+", default=list(ROW_IDS), help=f"subset of {', '.join(ROW_IDS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=[110, 111, 112])
+    p.add_argument("--workers", type=int, default=2, help="runs at a time (each on one thread when > 1)")
+    p.add_argument("--model", dest="pretrained_model", help="a pretrained model folder (skips pretraining)")
+    p.add_argument("--raw-dir", type=Path, help="E2E raw files (default ../shared/data/e2e)")
+    p.add_argument("--corpus-dir", type=Path, help="WebNLG/DART folders to pretrain on (default ../shared/data)")
+    p.add_argument("--card", default=PretrainConfig.card, help="model card to pretrain (default mini)")
+    p.add_argument("--corpus", default=PretrainConfig.corpus, choices=("shared", "generated"))
+    p.add_argument("--pretrain-steps", type=int, default=PretrainConfig.max_steps)
+    p.add_argument("--epochs", type=int, default=Budget.epochs)
+    p.add_argument("--warmup-steps", type=int, default=Budget.warmup_steps)
+    p.add_argument("--max-steps", type=int, help="cap every run's updates (CI-sized runs)")
+    p.add_argument("--train-limit", type=int, help="first N training records (CI-sized runs)")
+    p.add_argument("--test-limit", type=int, help="decode only the first N test records (CI-sized runs)")
+    a = p.parse_args(argv)
+    opts = Options(out=a.out, rows=tuple(a.rows), seeds=tuple(a.seeds), workers=a.workers,
+                   budget=Budget(epochs=a.epochs, warmup_steps=a.warmup_steps, max_steps=a.max_steps,
+                                 train_limit=a.train_limit, test_limit=a.test_limit),
+                   pretrain=PretrainConfig(card=a.card, corpus=a.corpus, max_steps=a.pretrain_steps),
+                   pretrained_model=a.pretrained_model, raw_dir=a.raw_dir, corpus_dir=a.corpus_dir,
+                   report_dir=a.report_dir)
+    command = "python -m nlg.cpu_table3 " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    return opts, command
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts, command = parse_args(argv)
+    try:
+        run_table(opts, os.environ.get("NLG_TABLE_COMMAND", command))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

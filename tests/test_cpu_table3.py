@@ -1,0 +1,65 @@
+"""The CPU Table 3 driver end to end at CI size: a tiny model pretrained here, three rows, two seeds, a report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nlg.config import PretrainConfig
+from nlg.cpu_table3 import ROWS, Budget, Options, jobs, run_table, split_dev_by_mr
+
+
+def test_dev_split_by_mr_keeps_every_mr_on_one_side(tmp_path):
+    fmt = [{"context": f"mr{i % 23}", "completion": f"ref {i}"} for i in range(100)]
+    enc = [{"context": [i % 23, 50256], "completion": [i, 50256]} for i in range(100)]
+    for name, recs in (("f.jsonl", fmt), ("e.jsonl", enc)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    counts = split_dev_by_mr(tmp_path / "f.jsonl", tmp_path / "e.jsonl", tmp_path, every=10)
+    train = [json.loads(l) for l in (tmp_path / "train_formatted.jsonl").read_text().splitlines()]
+    valid = [json.loads(l) for l in (tmp_path / "valid_formatted.jsonl").read_text().splitlines()]
+    assert {r["context"] for r in valid} == {"mr9", "mr19"}  # the 10th and 20th distinct MRs
+    assert not {r["context"] for r in train} & {r["context"] for r in valid}
+    assert counts == {"train_records": len(train), "valid_records": len(valid), "train_mrs": 21, "valid_mrs": 2}
+    enc_valid = [json.loads(l) for l in (tmp_path / "valid.jsonl").read_text().splitlines()]
+    assert [r["completion"][0] for r in enc_valid] == [int(r["completion"].split()[1]) for r in valid]  # paired
+
+
+def test_rows_cover_every_method_and_both_controls():
+    from nlg.config import METHODS
+
+    assert {r.method for r in ROWS if r.kind == "method"} == set(METHODS)
+    assert {r.id for r in ROWS if r.kind == "control"} == {"no-adapt", "ft-random"}
+    opts = Options(rows=("lora", "ft", "adapter-l"), seeds=(1, 2, 3))
+    assert sorted((r.id, s) for r, s in jobs(opts)) == sorted(
+        [("lora", 1), ("lora", 2), ("lora", 3), ("ft", 1), ("ft", 2), ("ft", 3), ("adapter-l", 1)])
+
+
+def test_table_end_to_end_tiny(tmp_path):
+    opts = Options(out=tmp_path / "table", rows=("no-adapt", "lora", "ft"), seeds=(110, 111), workers=2,
+                   budget=Budget(epochs=1, warmup_steps=2, max_steps=6, train_limit=48, test_limit=6,
+                                 decode_batch=8),
+                   pretrain=PretrainConfig(card="tiny", corpus="generated", block_size=32, batch_size=8,
+                                           max_steps=8, warmup_steps=2, generated_documents=300))
+    import nlg.pretrain
+
+    report = run_table(opts, command="pytest")
+    manifest = json.loads((opts.out / "manifest.json").read_text())
+    assert manifest["failures"] == []
+    assert [r["id"] for r in manifest["rows"]] == ["no-adapt", "ft", "lora"] or \
+        {r["id"] for r in manifest["rows"]} == {"no-adapt", "ft", "lora"}
+    runs = {r["id"]: r["runs"] for r in manifest["rows"]}
+    assert len(runs["lora"]) == 2 and len(runs["ft"]) == 2 and len(runs["no-adapt"]) == 1
+    for run in runs["lora"] + runs["ft"]:
+        cfg = json.loads((Path(run) / "adapter" / "adapter_config.json").read_text())
+        assert cfg["checkpoint"]["select_by"] == "valid_loss"
+        assert (Path(run) / "scores.test.json").is_file()
+    seeds = {json.loads((Path(r) / "recipe.json").read_text())["seed"] for r in runs["lora"]}
+    assert seeds == {110, 111}
+    text = (report / "report.md").read_text()
+    assert "pretrained here" in text.splitlines()[0]
+    assert (report / "metrics.png").is_file() and (report / "loss.png").is_file()
+    # a second call finds everything done and changes nothing
+    before = (Path(runs["lora"][0]) / "scores.test.json").read_bytes()
+    run_table(opts, command="pytest")
+    assert (Path(runs["lora"][0]) / "scores.test.json").read_bytes() == before

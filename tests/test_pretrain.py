@@ -1,0 +1,121 @@
+"""Pretraining a small GPT-2 here (nlg.pretrain, data.corpus): E2E text kept out, learning, caching, loading."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.corpus import EXCLUDED_SOURCES, HELD_OUT_EVERY, generated_documents, shared_corpus
+from nlg.config import PretrainConfig
+from nlg.models import ModelLoadError, load_model
+from nlg.pretrain import describe, pack_blocks, pretrain, pretrain_info
+from nlg.tokenizer import EOS_ID
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+# tiny card, generated corpus, a few seconds per pretraining
+TINY = PretrainConfig(card="tiny", corpus="generated", block_size=64, batch_size=8, max_steps=40, lr=1e-2,
+                      warmup_steps=5, generated_documents=1000)
+
+
+def _write_dart(folder: Path) -> None:
+    entries = [
+        {"tripleset": [["A", "b", "C"]], "annotations": [{"source": "WikiSQL_decl_sents", "text": "Kept sentence one."},
+                                                         {"source": "e2e", "text": "The Eagle is a cheap pub."}]},
+        {"tripleset": [["D", "e", "F"]], "annotations": [{"source": "E2E", "text": "Loch Fyne serves French food."},
+                                                         {"source": "WebNLG", "text": "Kept sentence two."}]},
+    ]
+    (folder / "dart").mkdir(parents=True)
+    (folder / "dart" / "dart-v1.1.1-full-dev.json").write_text(json.dumps(entries), encoding="utf-8")
+
+
+def test_e2e_sourced_dart_annotations_are_dropped(tmp_path):
+    _write_dart(tmp_path)
+    corpus = shared_corpus(tmp_path)
+    assert corpus.documents == ["Kept sentence one.", "Kept sentence two."]
+    assert corpus.excluded == {"dart source e2e": 2}
+    assert "e2e" in EXCLUDED_SOURCES
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (WebNLG 2017, DART) is not beside the checkout")
+def test_shared_corpus_has_no_e2e_text():
+    corpus = shared_corpus(SHARED)
+    # the shared DART dev split alone holds 4,290 E2E-sourced annotations; dev + test are all dropped
+    assert corpus.excluded["dart source e2e"] >= 4290
+    docs = set(corpus.documents)
+    e2e_refs = {line.split("||", 1)[1].strip() for line in (SHARED / "e2e" / "valid.txt").read_text().splitlines()}
+    # E2E's references are tokenised ("family - friendly"); DART's copies are not: compare without spaces
+    squash = {d.replace(" ", "") for d in docs}
+    assert not {r.replace(" ", "") for r in e2e_refs} & squash
+    assert set(corpus.sources) == {"webnlg", "dart"}
+
+
+def test_blocks_cover_the_stream_with_eos_separators():
+    records, n = pack_blocks(["a b", "c"], block_size=3)
+    stream = [r["context"] + r["completion"] for r in records]
+    flat = [t for block in stream for t in block]
+    assert flat[0] == EOS_ID and all(len(r["context"]) == 1 and len(r["completion"]) == 2 for r in records)
+    assert len(flat) == n - n % 3 and flat.count(EOS_ID) >= 2
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    return pretrain(TINY, root=root / "a", quiet=True), root
+
+
+def test_pretraining_learns_on_a_fixed_corpus(tiny_pretrained):
+    model_dir, _ = tiny_pretrained
+    info = pretrain_info(model_dir)
+    log = [json.loads(l) for l in (Path(info["run_dir"]) / "log.jsonl").read_text().splitlines()]
+    first = next(r["loss"] for r in log if "loss" in r)
+    # a random GPT-2 starts near ln(50257) = 10.8 (the first logged loss averages 10 warming-up steps); the
+    # template corpus is easy: the held-out loss must fall below 4.5 (measured: about 3.5)
+    assert first > 8.0
+    assert info["heldout_loss"] < 4.5, info["heldout_loss"]
+    assert info["tokens_seen"] == 40 * 8 * 64  # real input tokens per block
+    unique = len(set(generated_documents(1000)))  # exact duplicates are kept once
+    assert info["corpus"]["kind"] == "generated" and info["corpus"]["documents"] == unique
+    assert info["corpus"]["heldout_documents"] == unique // HELD_OUT_EVERY
+    assert "pretrained here from scratch" in describe(info) and "not OpenAI's GPT-2" in describe(info)
+
+
+def test_cached_pretrain_is_reused_and_a_rerun_is_identical(tiny_pretrained, capsys):
+    model_dir, root = tiny_pretrained
+    before = _digest(model_dir.parent)
+    again = pretrain(TINY, root=root / "a")
+    assert again == model_dir and _digest(model_dir.parent) == before
+    assert "reusing the cached pretrained model" in capsys.readouterr().err
+    fresh = pretrain(TINY, root=root / "b", quiet=True)  # same seed, same corpus: the same weights
+    a = load_model(str(model_dir)).state_dict()
+    b = load_model(str(fresh)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_model_flag_takes_the_folder(tiny_pretrained, monkeypatch, tmp_path):
+    model_dir, _ = tiny_pretrained
+    model = load_model(str(model_dir))
+    assert model.config.n_layer == 2 and model.config.n_embd == 64
+    assert model.transformer.wte.weight.data_ptr() == model.lm_head.weight.data_ptr()  # tied
+    monkeypatch.setenv("NLG_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="python -m nlg.pretrain"):
+        load_model("mini")
+    random_model = load_model("random:tiny")
+    assert not torch.equal(random_model.transformer.h[0].attn.c_attn.weight, model.transformer.h[0].attn.c_attn.weight)
+
+
+def test_generated_corpus_is_deterministic_and_not_restaurants():
+    docs = generated_documents(200, seed=0)
+    assert docs == generated_documents(200, seed=0)
+    text = " ".join(docs).lower()
+    assert not any(word in text for word in ("restaurant", "pub", "coffee shop", "eattype", "food"))
