@@ -55,6 +55,7 @@ def load_run(run_dir: str | Path, split: str = "test") -> dict:
     run["model"] = recipe.get("model")
     run["method"] = recipe.get("method")
     run["random_model"] = bool(recipe.get("random_model"))
+    run["pretrained_here"] = _pretrained_here(recipe.get("model"))
     source = _read_data_source(Path(run["dir"]))
     run["data_source"] = source
     run["synthetic_data"] = bool(recipe.get("synthetic_data") or source.get("synthetic_data"))
@@ -213,11 +214,22 @@ def _diff_cell(entry: dict) -> str:
     return f"{mark} {entry['diff']:+.2f}"
 
 
+def _pretrained_here(model: str | None) -> str | None:
+    """One line on a model that nlg.pretrain made here (its folder's pretrain.json), else None."""
+    from nlg.pretrain import describe, pretrain_info
+
+    info = pretrain_info(model) if model else None
+    return describe(info) if info else None
+
+
 def headline(runs: list[dict]) -> str:
-    """The report's first line: says loudly when a model was random or the data synthetic."""
+    """The report's first line: says loudly when a model was random or pretrained here, or the data synthetic."""
     random_runs = [r["name"] for r in runs if r["random_model"]]
     synthetic = [r["name"] for r in runs if r["synthetic_data"]]
     parts = []
+    here = list(dict.fromkeys(r["pretrained_here"] for r in runs if r.get("pretrained_here")))
+    if here:
+        parts.append("**Model: " + "; ".join(here) + "**")
     if random_runs:
         which = "this run" if len(runs) == 1 else ("all runs" if len(random_runs) == len(runs)
                                                    else ", ".join(random_runs))

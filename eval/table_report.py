@@ -87,6 +87,7 @@ def load_row(row: dict, split: str) -> dict:
         "n_runs": len(scored),
         "trainable_params": params,
         "train_time_s": summarize((r["summary"] or {}).get("train_time_s") for r in runs),
+        "dev_loss": summarize((r["summary"] or {}).get("best_valid_loss") for r in runs),
         "test_instances": sorted({(r["scores"] or {}).get("n") for r in scored if (r["scores"] or {}).get("n")}),
         "metrics": aggregate_runs(scored),
         "_runs": runs,
@@ -249,7 +250,8 @@ def time_line(manifest: dict) -> str:
         if wall is not None:
             text += f" ({100 * wall / budget:.0f}%{', over budget' if wall > budget else ''})"
     if manifest.get("pretrain_time_s") is not None:
-        text += f"; {manifest['pretrain_time_s']:,.0f} s of it getting the pretrained model"
+        made = " (made by an earlier call and cached: the time it took then)" if manifest.get("pretrain_cached") else ""
+        text += f"; {manifest['pretrain_time_s']:,.0f} s of it pretraining the model{made}"
     return text + "."
 
 
@@ -296,7 +298,7 @@ def fmt_paper(fig: dict | None, metric: str) -> str:
 # ---------------------------------------------------------------- markdown
 def render_main_table(rows: list[dict]) -> list[str]:
     head = ["row", "kind", "settings", "trainable params", "seeds n"] + [METRIC_LABEL.get(m, m) for m in METRICS] \
-        + ["train time (mean s)"]
+        + ["dev loss (best)", "train time (mean s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         listed = len(r["runs"])
@@ -304,10 +306,13 @@ def render_main_table(rows: list[dict]) -> list[str]:
         t = r["train_time_s"]
         cells = [r["label"], r["kind"], r["settings"], fmt_params(r["trainable_params"]), seeds]
         cells += [fmt_stat(r["metrics"].get(m), DIGITS.get(m, 2), r["n_runs"]) for m in METRICS]
+        d = r["dev_loss"]
+        cells.append(f"{d['mean']:.3f}" if d["mean"] is not None else "—")
         cells.append(f"{t['mean']:.1f}" if t["mean"] is not None else "—")
         lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
     lines += ["", "BLEU, METEOR and ROUGE-L in percent, as the paper prints them; ± is the sample standard deviation "
-                  "(ddof=1) over seeds."]
+                  "(ddof=1) over seeds. Dev loss: the lowest loss (no label smoothing) on the held-out dev slice, "
+                  "the checkpoint each run keeps; the only figure any choice between rows was made on."]
     single = [r["label"] for r in rows if r["n_runs"] == 1]
     if single:
         lines.append(f"n = 1 (one seed, so no ± shown): {', '.join(single)}.")

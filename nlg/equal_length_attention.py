@@ -2,10 +2,11 @@
 
 The packed forward (nlg.packed) attends each sequence on its own (nlg.varlen_attention), which pays off on E2E /
 WebNLG / DART batches of very different lengths. Pretraining blocks (nlg.pretrain) are all ``block_size`` long:
-there is no padding to skip, and the per-sequence loop only costs one small attention call (and, in the
-backward pass, one more) per sequence, head group and layer. Measured on this 2-core machine for 32 sequences
-of 128 tokens, 4 heads of 64, forward + backward of 6 layers: fp32 4.3 s per sequence (batched matmuls keeping
-the probabilities) against 0.9 s batched; bf16 1.6 s (per-sequence flash) against 1.0 s.
+there is no padding to skip, and the per-sequence loop only adds operator calls: in fp32 four calls forward
+and nine backward per sequence and layer, in bf16 one flash call each way plus the copies. Measured
+on this shared 2-core machine, forward + backward of every layer, 4 heads of 64: 32 blocks of 128 x 6 layers,
+fp32 4.3 s per sequence against 0.9 s batched, bf16 1.6 s against 1.0 s; 16 blocks x 4 layers (the current
+PretrainConfig), bf16 1.52 s against 0.65 s (scripts/bench_pretrain.py --profile).
 
 For equal lengths the packed ``[N, 3d]`` q|k|v matrix is already a ``[B, L, 3, H, dh]`` grid (sequence i holds
 rows ``i L .. (i + 1) L``), so q, k and v are strided views of it and ``scaled_dot_product_attention(is_causal=True)``

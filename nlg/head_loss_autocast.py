@@ -29,10 +29,10 @@ from nlg.head_loss import LogitsBuffer
 
 CHUNK_ROWS = 512  # rows per fp32 softmax chunk: 512 x 50,257 x 4 B = 103 MB of scratch, reused every step.
 # Few large element-wise ops on purpose: on a 2-core machine shared with other jobs every OpenMP region pays a
-# scheduling delay, so 16-row cache-sized blocks measured 3-10x slower than whole-chunk ops here.
+# scheduling delay, so 16-row cache-sized blocks measured 4-8x slower than whole-chunk ops here.
 
 
-def ctx_scratch(buffer: LogitsBuffer, rows: int, cols: int) -> torch.Tensor:
+def fp32_scratch(buffer: LogitsBuffer, rows: int, cols: int) -> torch.Tensor:
     """The fp32 softmax scratch, kept next to the bf16 logits buffer so it too is allocated once."""
     scratch = getattr(buffer, "_fp32_scratch", None)
     if scratch is None or scratch.numel() < rows * cols:
@@ -68,7 +68,7 @@ class _AutocastHeadCrossEntropy(torch.autograd.Function):
             z = buffer.get(m, vocab, h)  # [M, V] bf16: the logits, then (in place) their gradient
             torch.mm(h, w.t(), out=z)
             rows = min(chunk_rows, max(m, 1))
-            p = ctx_scratch(buffer, rows, vocab)
+            p = fp32_scratch(buffer, rows, vocab)
             per_row = torch.empty(m, dtype=torch.float32)
             for start in range(0, m, rows):
                 n = min(rows, m - start)

@@ -38,7 +38,8 @@ def make_run(root, name, scores, hyps, *, method="lora", params=12288, train_tim
     (run / "recipe.json").write_text(json.dumps(recipe))
     if trained:
         (run / "train_summary.json").write_text(json.dumps({"train_time_s": train_time, "trainable_params": params,
-                                                            "steps": 30, "final_train_loss": 1.2}))
+                                                            "steps": 30, "final_train_loss": 1.2,
+                                                            "best_valid_loss": train_time / 100}))
         (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
             {"step": 10, "loss": 3.0}, {"step": 20, "loss": 2.0}, {"step": 20, "valid_loss": 2.3},
             {"step": 30, "loss": 1.2}, {"step": 30, "valid_loss": 1.9}]))
@@ -135,20 +136,20 @@ def test_table_report_markdown(experiment, tmp_path):
     assert ("Model: 4 layers, 256 wide, 4 heads; corpus of 250,000 training tokens (seen 4.9 times); "
             "held-out perplexity 31.25; pretraining took 900 s.") in lines
     assert "Command: `bash scripts/cpu_table3.sh`" in lines and "Machine: Intel Xeon test, 2 cores" in lines
-    assert ("Wall time: 4,321 s (1 h 12 min) of a 5,400 s (1 h 30 min) budget (80%); 950 s of it getting the "
-            "pretrained model.") in lines
+    assert ("Wall time: 4,321 s (1 h 12 min) of a 5,400 s (1 h 30 min) budget (80%); 950 s of it pretraining "
+            "the model.") in lines
     assert "**1 run(s) failed** (their rows have fewer seeds or none):" in lines
     assert "- prefix-embed-s111: train failed (exit 1); see logs/train.log" in lines
     assert ("| row | kind | settings | trainable params | seeds n | BLEU | NIST | METEOR | ROUGE-L | CIDEr | "
-            "train time (mean s) |") in lines
+            "dev loss (best) | train time (mean s) |") in lines
     assert ("| LoRA | method | r=4 on W_q,W_v | 12,288 (0.0123M) | 3 | 62.00 ± 2.00 | 8.2000 ± 0.2000 | 41.00 ± 1.00 | "
-            "67.00 ± 1.00 | 2.1000 ± 0.1000 | 110.0 |") in lines
+            "67.00 ± 1.00 | 2.1000 ± 0.1000 | 1.100 | 110.0 |") in lines
     assert ("| FT | method | all weights | 10,500,000 (10.5M) | 2 | 65.50 ± 0.71 | 8.5000 ± 0.0000 | 43.00 ± 0.00 | "
-            "69.00 ± 0.00 | 2.3000 ± 0.0000 | 300.0 |") in lines
+            "69.00 ± 0.00 | 2.3000 ± 0.0000 | 3.000 | 300.0 |") in lines
     assert ("| PreEmbed | method | 10+10 tokens | 5,120 (0.00512M) | 1 of 2 | 50.00 | 7.0000 | 35.00 | 60.00 | "
-            "1.5000 | 90.0 |") in lines
+            "1.5000 | 0.900 | 90.0 |") in lines
     assert ("| pretrained, no adaptation | control | zero-shot | 0 | 1 | 10.00 | 2.0000 | 15.00 | "
-            "30.00 | 0.2000 | — |") in lines
+            "30.00 | 0.2000 | — | — |") in lines
     assert "n = 1 (one seed, so no ± shown): PreEmbed, pretrained, no adaptation." in lines
     assert "PreEmbed: run folder(s) missing: runs/cpu-table3/prefix-embed-s111." in lines
     # the paper's GPT-2 M rows, with ours mapped to them
