@@ -115,6 +115,7 @@ class Options:
     raw_dir: Path | None = None  # E2E raw files (default ../shared/data/e2e, else the synthetic sample)
     corpus_dir: Path | None = None  # WebNLG/DART folders for pretraining (default ../shared/data)
     report_dir: Path | None = None
+    notes: tuple[str, ...] = ()  # extra lines for the report (e.g. why a row is absent)
 
 
 def log(message: str) -> None:
@@ -328,6 +329,7 @@ def run_table(opts: Options, command: str = "") -> Path:
             f"({data_info.get('valid_mrs')} MRs); scored on {data_info.get('test_records')} test records.",
             f"Seeds: {', '.join(map(str, opts.seeds))} for rows marked with n = {len(opts.seeds)}; the others ran "
             f"seed {opts.seeds[0]} only (budget).",
+            *opts.notes,
         ],
         "rows": [dict(id=r.id, label=r.label, kind=r.kind, method=r.method, settings=r.settings,
                       paper_method=r.paper_method,
@@ -365,13 +367,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str]:
     p.add_argument("--max-steps", type=int, help="cap every run's updates (CI-sized runs)")
     p.add_argument("--train-limit", type=int, help="first N training records (CI-sized runs)")
     p.add_argument("--test-limit", type=int, help="decode only the first N test records (CI-sized runs)")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     a = p.parse_args(argv)
     opts = Options(out=a.out, rows=tuple(a.rows), seeds=tuple(a.seeds), workers=a.workers,
                    budget=Budget(epochs=a.epochs, warmup_steps=a.warmup_steps, max_steps=a.max_steps,
                                  train_limit=a.train_limit, test_limit=a.test_limit),
                    pretrain=PretrainConfig(card=a.card, corpus=a.corpus, max_steps=a.pretrain_steps),
                    pretrained_model=a.pretrained_model, raw_dir=a.raw_dir, corpus_dir=a.corpus_dir,
-                   report_dir=a.report_dir)
+                   report_dir=a.report_dir, notes=tuple(a.note))
     command = "python -m nlg.cpu_table3 " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     return opts, command
 

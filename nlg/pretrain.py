@@ -163,7 +163,7 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
     tcfg = cfg.train_config(str(folder / "corpus" / "train.jsonl"), str(folder / "corpus" / "heldout.jsonl"),
                             str(run_dir), resume=resume)
     start = time.time()
-    trainer = Trainer(tcfg, device="cpu" if _cpu_only() else None, quiet=quiet)
+    trainer = Trainer(tcfg, quiet=quiet)  # this process's GPU when there is one, else the CPU
     trainer.run()
     summary = read_json_object(run_dir / "train_summary.json")
     config = trainer.model.config
@@ -193,10 +193,6 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
         shutil.rmtree(run_dir / name, ignore_errors=True)
     say(f"wrote {model_dir}: {describe(info)}")
     return model_dir
-
-
-def _cpu_only() -> bool:
-    return os.environ.get("NLG_PRETRAIN_DEVICE", "") == "cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:
