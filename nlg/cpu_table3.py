@@ -29,17 +29,16 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nlg.config import PretrainConfig
-from nlg.io_utils import iter_jsonl, write_json
+from nlg.io_utils import atomic_open, iter_jsonl, write_json
+from nlg.pipeline import SHARED_DATA, run_stage
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("NLG_SHARED_DIR", REPO.parent / "shared"))
 HELD_OUT_EVERY = 10  # every 10th distinct dev MR is held out for selection
 PAPER_SEED = 110
 
@@ -137,10 +136,9 @@ def split_dev_by_mr(formatted: Path, encoded: Path, out_dir: Path, every: int = 
         parts["valid" if f["context"] in held else "train"].append((f, e))
     for split, pairs in parts.items():
         for suffix, index in (("_formatted.jsonl", 0), (".jsonl", 1)):
-            with open(out_dir / f"{split}{suffix}.tmp", "w", encoding="utf-8", newline="\n") as handle:
+            with atomic_open(out_dir / f"{split}{suffix}") as handle:  # json.dumps as the preparers write
                 for pair in pairs:
                     handle.write(json.dumps(pair[index]) + "\n")
-            os.replace(out_dir / f"{split}{suffix}.tmp", out_dir / f"{split}{suffix}")
     return {"train_records": len(parts["train"]), "valid_records": len(parts["valid"]),
             "train_mrs": len(order) - len(held), "valid_mrs": len(held)}
 
@@ -155,7 +153,7 @@ def prepare_data(opts: Options) -> dict:
         return json.loads(marker.read_text(encoding="utf-8"))
     raw, source = opts.raw_dir, "raw-dir"
     if raw is None:
-        shared = SHARED / "data" / "e2e"
+        shared = SHARED_DATA / "e2e"
         if shared.is_dir():
             raw, source = shared, "shared"
         else:
@@ -172,7 +170,8 @@ def prepare_data(opts: Options) -> dict:
             for suffix in ("_formatted.jsonl", ".jsonl"):
                 path = data_dir / f"{split}{suffix}"
                 lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[:limit]
-                path.write_text("".join(lines), encoding="utf-8")
+                with atomic_open(path) as handle:
+                    handle.writelines(lines)
     counts["train_records"] = sum(1 for _ in iter_jsonl(data_dir / "train.jsonl"))
     test_records = sum(1 for _ in iter_jsonl(data_dir / "test.jsonl"))
     info = {"source": source, "raw_dir": str(raw), "synthetic_data": source == "synthetic", "train_split": "valid",
@@ -188,19 +187,9 @@ def _python(module: str, *args: str) -> list[str]:
 
 
 def run_logged(name: str, cmd: list[str], run_dir: Path, threads: int) -> float:
-    """Run one stage with its output in RUN/logs/<name>.log; returns seconds; raises with the log's path."""
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    start = time.time()
-    with open(logs / f"{name}.log", "a", encoding="utf-8") as handle:
-        handle.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
-        handle.flush()
-        code = subprocess.call(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    if code != 0:
-        raise RuntimeError(f"{run_dir.name}: {name} failed (exit {code}); see {logs / (name + '.log')}")
-    return time.time() - start
+    """One stage through the pipeline's runner, quietly (two runs share the terminal), on ``threads`` threads."""
+    return run_stage(name, cmd, run_dir, echo=False, env={"OMP_NUM_THREADS": str(threads),
+                                                          "MKL_NUM_THREADS": str(threads)})
 
 
 def run_dir_of(opts: Options, row: Row, seed: int) -> Path:

@@ -78,27 +78,34 @@ def _python_module(module: str, args: list[str], opts: PipelineOptions, distribu
     return [sys.executable, "-m", module, *args]
 
 
-def run_stage(name: str, cmd: list[str], run_dir: Path) -> None:
-    """Run one stage, teeing its output into run_dir/logs/<name>.log; raise with the log path on failure."""
+def run_stage(name: str, cmd: list[str], run_dir: Path, echo: bool = True, env: dict | None = None) -> float:
+    """Run one stage, its output into run_dir/logs/<name>.log (and onto stderr when ``echo``); returns its
+    seconds; raises with the log path on failure. ``env``: extra environment variables for the stage."""
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
-    log(f"{name}: {' '.join(shlex.quote(c) for c in cmd)}")
+    if echo:
+        log(f"{name}: {' '.join(shlex.quote(c) for c in cmd)}")
     start = time.time()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                    **(env or {}))
     with open(log_path, "a", encoding="utf-8") as handle:
         handle.write(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}\n")
         handle.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
         for raw in iter(proc.stdout.readline, b""):
             line = raw.decode("utf-8", "replace")
             handle.write(line)
-            sys.stderr.write(line)
+            if echo:
+                sys.stderr.write(line)
         code = proc.wait()
     if code != 0:
-        raise PipelineError(f"stage {name!r} failed with exit code {code}; see {log_path}")
-    log(f"{name}: done in {time.time() - start:.1f}s")
+        raise PipelineError(f"{run_dir.name}: stage {name!r} failed with exit code {code}; see {log_path}")
+    seconds = time.time() - start
+    if echo:
+        log(f"{name}: done in {seconds:.1f}s")
+    return seconds
 
 
 # ---------------------------------------------------------------- data

@@ -36,10 +36,9 @@ from data.corpus import Corpus, generated_corpus, shared_corpus
 from nlg.config import PretrainConfig
 from nlg.io_utils import read_json_object, write_json, write_jsonl
 from nlg.models import CARDS
+from nlg.pipeline import SHARED_DATA
 from nlg.tokenizer import EOS_ID, get_tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("NLG_SHARED_DIR", REPO.parent / "shared")) / "data"
 INFO_FILE = "pretrain.json"
 CORPUS_KINDS = ("shared", "generated")
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("NLG_SHARED_DIR", REPO.parent / "shared"))
@@ -41,3 +42,12 @@ def tiny_model():
     from nlg.models import build_random
 
     return build_random("tiny", seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """Two threads on a shared 2-core machine spin-wait each other: one thread is many times faster here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

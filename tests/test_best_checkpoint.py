@@ -17,12 +17,7 @@ from tests.conftest import FIXTURES
 DATA = FIXTURES / "authors_train_step" / "train.jsonl"  # 13 invented examples
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path, name, **kw):

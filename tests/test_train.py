@@ -23,13 +23,7 @@ from tests.conftest import FIXTURES, SHARED_DATA
 DATA = FIXTURES / "authors_train_step" / "train.jsonl"  # 13 invented examples
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on a shared 2-core machine spin-wait each other: one thread is many times faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path, name="run", **kw):
