@@ -13,7 +13,8 @@ The rules (each one reproduces a detail of their search; tests compare token for
 What makes it fast, with identical output: prompts are batched (left-padded, with explicit position ids), the
 prompt is run once per prompt instead of once per beam and its keys/values are kept once per prompt (the beams'
 attention reads them from there), generated keys/values sit in step-major buffers that a reorder rewrites only where
-a row's ancestry changed, buffers are reused across batches (fresh memory costs page faults), the log and the sum
+a row's ancestry changed, buffers are reused across batches (fresh memory costs page faults), each beam's best tokens
+are selected in two stages (block maxima, then the best blocks: ``row_topk``), the log and the sum
 with the beam scores are taken for the k best tokens of each beam only (no other token can be among a prompt's k
 winners), identical prompts are decoded once, and a prompt stops as soon as no live beam can still beat its best
 finished hypothesis: a live beam's score can only fall, so ``score / max(len ** lp)`` over the lengths still
@@ -131,6 +132,32 @@ def step_log_probs(logits: torch.Tensor, history: torch.Tensor | None, step: int
 
 # ----------------------------------------------------------------------------------- exact speed-ups
 ATTENTION_NAME = "nlg_shared_prefix"
+TOPK_CHUNK = 64  # columns per block of the two-stage top-k over the vocabulary
+
+
+def row_topk(x: torch.Tensor, k: int, chunk: int = TOPK_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(x, k, dim=1, sorted=True)`` for a wide ``[rows, V]`` matrix, in two stages.
+
+    A row's k largest values lie in the blocks of ``chunk`` columns whose maxima are among the row's k largest
+    block maxima (any other block's maximum is below k values of the row), so the top k of those k blocks (plus
+    the columns past the last whole block) are the row's top k: the same values in the same order. One pass of
+    block maxima replaces torch's full-row selection. Among exactly equal values the index returned may differ
+    from torch.topk's, whose order for ties is unspecified too.
+    """
+    rows, v = x.shape
+    blocks = v // chunk
+    if blocks <= k or x.device.type != "cpu":
+        return torch.topk(x, k, dim=1, largest=True, sorted=True)
+    grid = x[:, : blocks * chunk].view(rows, blocks, chunk)
+    _, block = torch.topk(grid.amax(-1), k, dim=1, largest=True, sorted=False)
+    cand = grid.gather(1, block[:, :, None].expand(-1, -1, chunk)).view(rows, k * chunk)
+    cand_idx = (block[:, :, None] * chunk + torch.arange(chunk, device=x.device)).view(rows, k * chunk)
+    if blocks * chunk < v:  # the tail past the last whole block always competes
+        cand = torch.cat((cand, x[:, blocks * chunk:]), 1)
+        tail = torch.arange(blocks * chunk, v, device=x.device).expand(rows, -1)
+        cand_idx = torch.cat((cand_idx, tail), 1)
+    values, pos = torch.topk(cand, k, dim=1, largest=True, sorted=True)
+    return values, cand_idx.gather(1, pos)
 
 
 class _BufferPool:
@@ -432,7 +459,7 @@ def _search_batch(model, prompts: list[list[int]], cfg: DecodeConfig, early_stop
             probs = step_probs(logits, history, step, cfg, probs_buffer)
             vocab = probs.shape[-1]
             if step == 0:
-                top_p, top_tok = torch.topk(probs, k, dim=1, largest=True, sorted=True)  # beam 0 only
+                top_p, top_tok = row_topk(probs, k)  # beam 0 only
                 scores, tokens = torch.log(top_p), top_tok.view(-1)
                 parent = torch.arange(b, device=device).repeat_interleave(k)  # prefill rows are one per prompt
             else:
@@ -440,7 +467,7 @@ def _search_batch(model, prompts: list[list[int]], cfg: DecodeConfig, early_stop
                 # gives more than k of a prompt's k winners: the log and the sum are needed for k x k candidates
                 # per prompt only (the same values the full beam x vocabulary table would hold)
                 kk = min(k, vocab)
-                top_p, top_tok = torch.topk(probs, kk, dim=1, largest=True, sorted=True)
+                top_p, top_tok = row_topk(probs, kk)
                 total = (beam_scores.unsqueeze(-1) + torch.log(top_p).view(b, k, kk)).view(b, k * kk)
                 scores, flat = torch.topk(total, k, dim=1, largest=True, sorted=True)
                 parent = ((flat // kk) + torch.arange(b, device=device)[:, None] * k).view(-1)

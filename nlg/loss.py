@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from nlg.head_loss import LogitsBuffer, head_cross_entropy_sum
+from nlg.head_loss_autocast import autocast_head_cross_entropy_sum, fused_autocast_head_applies
 
 MASK_EPS = 1e-4  # the authors' ``loss.sum() / (lm_mask.sum() + 0.0001)``
 
@@ -28,16 +29,21 @@ def masked_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torc
                    fused: bool | None = None) -> torch.Tensor:
     """Mean loss over the masked positions of the whole batch (``hidden``: ``[..., d]``, the rest ``[...]``).
 
-    ``fused`` (default: whenever it applies) computes head and loss together in a reused buffer (nlg.head_loss);
-    ``False`` is the plain autograd formulation, kept as the reference.
+    ``fused`` (default: whenever one applies, fp32 (nlg.head_loss) or CPU bf16 autocast (nlg.head_loss_autocast))
+    computes head and loss together in a reused buffer; ``False`` is the plain autograd formulation, kept as the
+    reference.
     """
     ls = float(label_smooth) if label_smooth > 0.0001 else 0.0  # their threshold for the smoothing branch
     sel = mask.bool()
+    auto = fused is None
     if fused is None:
         fused = fused_head_applies(hidden, lm_head)
     if fused:
         denom = sel.sum().to(hidden.dtype) + MASK_EPS
         return head_cross_entropy_sum(hidden[sel], lm_head.weight, targets[sel], ls, denom, buffer)
+    if auto and fused_autocast_head_applies(hidden, lm_head):  # CPU bf16 autocast: autocast's numerics, fused
+        denom = sel.sum().to(torch.float32) + MASK_EPS
+        return autocast_head_cross_entropy_sum(hidden[sel], lm_head.weight, targets[sel], ls, denom, buffer)
     logits = lm_head(hidden[sel]).float()
     per_token = F.cross_entropy(logits, targets[sel], reduction="none", label_smoothing=ls)
     return per_token.sum() / (sel.sum().to(per_token.dtype) + MASK_EPS)

@@ -4,7 +4,8 @@ Everything in a GPT-2 block except attention works token by token, so the linear
 LoRA can run on the real tokens of a batch stacked into one ``[N_real, d]`` matrix. Only attention needs the
 sequences apart: q, k, v are scattered into a ``[B, T]`` grid (pads after the real tokens, causal attention, so a
 pad never reaches a real position), attended with ``scaled_dot_product_attention(is_causal=True)`` and gathered
-back; on the CPU each sequence is attended on its own rows instead (nlg.varlen_attention), with no grid at all.
+back; on the CPU each sequence is attended on its own rows instead (nlg.varlen_attention; all at once when they have
+one length, nlg.equal_length_attention), with no grid at all.
 On E2E batches about a quarter of a padded batch's rows are padding; here they cost nothing. On the CPU in fp32
 the frozen weights' matmuls go through MKL's pre-packed copies when the trainer made them (nlg.mkl_prepack), and
 GPT-2's tanh GELU through a cache-chunked kernel that keeps its derivative (``_TanhGelu``).
@@ -25,7 +26,7 @@ from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention, GPT2B
 from transformers.pytorch_utils import Conv1D
 
 from nlg.mkl_prepack import frozen_mm, has_pack
-from nlg.varlen_attention import varlen_causal_attention
+from nlg.equal_length_attention import causal_attention
 
 _STOCK_FORWARD = {GPT2Block: GPT2Block.forward, GPT2Attention: GPT2Attention.forward, GPT2MLP: GPT2MLP.forward}
 
@@ -90,7 +91,8 @@ def packed_hidden(transformer: GPT2Model, input_ids: torch.Tensor, position_ids:
         attn = block.attn
         qkv = attn.c_attn(block.ln_1(x))
         if bounds is not None:
-            o = varlen_causal_attention(qkv, bounds, attn.num_heads, attn.scaling)
+            # one batched SDPA call when every sequence has one length (pretraining blocks), else per sequence
+            o = causal_attention(qkv, bounds, attn.num_heads, attn.scaling)
         else:
             o = _grid_attention(qkv, flat, b, t, attn)
         x = _residual_linear(x, o, attn.c_proj, attn.resid_dropout)

@@ -12,11 +12,8 @@ decay, the linear warm-up schedule, gradient clipping):
 - ``ours``: a ``nlg.train.Trainer`` built from ``PretrainConfig(...).train_config(...)``, one step being exactly
   what ``Trainer._run`` does per update: ``collate`` + ``Trainer._micro_step`` + ``Trainer._update`` (internals:
   ``Trainer.run`` cannot be interleaved with another loop, and it also validates and checkpoints);
-- ``ours+fast`` (default on): ``ours`` with two faster kernels written for pretraining, swapped in only around
-  its own steps: ``nlg.equal_length_attention`` (one batched SDPA call when every block has the same length,
-  instead of one attention call per sequence) and ``nlg.head_loss_autocast`` (the fused LM head + loss under bf16
-  autocast, which ``nlg.loss`` otherwise leaves to autograd). The proposed diffs wiring them into the trainer are
-  in results/bench_pretrain.md.
+  the trainer's CPU kernels include ``nlg.equal_length_attention`` (one batched SDPA call when every block has
+  the same length) and, under bf16 autocast, ``nlg.head_loss_autocast`` (the fused LM head + loss).
 
 All variants run in one process, interleaved: one untimed warm-up step each, then ``--rounds`` rounds in which
 each variant in turn times ``--steps`` steps (A B C A B C ...), every variant stepping through the same batches
@@ -57,7 +54,7 @@ from nlg.batching import PAD_RNG_SEED, EpochPlan, collate  # noqa: E402
 from nlg.config import PretrainConfig  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-VARIANTS = ("plain", "ours", "ours+fast")
+VARIANTS = ("plain", "ours")
 
 
 # ---------------------------------------------------------------- machine and memory
@@ -128,33 +125,6 @@ def plain_labels(batch) -> torch.Tensor:
     return labels
 
 
-# ---------------------------------------------------------------- the fast kernels, swapped in for ours+fast
-@contextlib.contextmanager
-def fast_paths():
-    """Route the trainer's attention through nlg.equal_length_attention and, under bf16 autocast, its loss through
-    nlg.head_loss_autocast, for the duration of the block (what the proposed diffs do permanently)."""
-    import nlg.loss as loss_mod
-    import nlg.packed as packed_mod
-    from nlg.equal_length_attention import causal_attention
-    from nlg.head_loss_autocast import autocast_head_cross_entropy_sum, fused_autocast_head_applies
-
-    real_attention, real_loss = packed_mod.varlen_causal_attention, loss_mod.masked_lm_loss
-
-    def masked_lm_loss(hidden, lm_head, targets, mask, label_smooth=0.0, buffer=None, fused=None):
-        if fused is not False and fused_autocast_head_applies(hidden, lm_head):
-            ls = float(label_smooth) if label_smooth > 0.0001 else 0.0
-            sel = mask.bool()
-            denom = sel.sum().to(torch.float32) + loss_mod.MASK_EPS
-            return autocast_head_cross_entropy_sum(hidden[sel], lm_head.weight, targets[sel], ls, denom, buffer)
-        return real_loss(hidden, lm_head, targets, mask, label_smooth, buffer, fused)
-
-    packed_mod.varlen_causal_attention, loss_mod.masked_lm_loss = causal_attention, masked_lm_loss
-    try:
-        yield
-    finally:
-        packed_mod.varlen_causal_attention, loss_mod.masked_lm_loss = real_attention, real_loss
-
-
 # ---------------------------------------------------------------- variants
 class Plain:
     """The usual transformers loop on the same model, batches, precision and optimizer settings."""
@@ -205,24 +175,21 @@ class Ours:
 
     name = "ours"
 
-    def __init__(self, tcfg, total_steps: int, run_dir: Path, fast: bool = False):
+    def __init__(self, tcfg, total_steps: int, run_dir: Path):
         from nlg.train import Trainer
 
-        self.fast = fast
-        self.name = "ours+fast" if fast else "ours"
         self.trainer = Trainer(dataclasses.replace(tcfg, out_dir=str(run_dir), max_steps=total_steps),
                                device="cpu", quiet=True, overwrite=True)
         self.trainer.model.train()  # as Trainer._run does
         self.model = self.trainer.model
 
     def context(self):
-        return fast_paths() if self.fast else contextlib.nullcontext()
+        return contextlib.nullcontext()
 
     def step(self, examples) -> float:
         tr = self.trainer
-        with self.context():
-            loss = tr._micro_step(collate(examples), sync=True)
-            tr._update()
+        loss = tr._micro_step(collate(examples), sync=True)
+        tr._update()
         tr.progress.step += 1
         tr.progress.micro += 1
         return float(loss)
@@ -349,14 +316,6 @@ def profile(variants, examples, prec: str, top: int) -> dict:
             loss = masked_lm_loss(h, head, targets, torch.ones_like(targets, dtype=torch.bool), 0.0, buf)
         loss.backward()
 
-    def head_fast():
-        h = hidden.clone().requires_grad_()
-        with fast_paths():
-            import nlg.loss as loss_mod
-            with ac():
-                loss = loss_mod.masked_lm_loss(h, head, targets, torch.ones_like(targets, dtype=torch.bool), 0.0, buf)
-        loss.backward()
-
     n, length = b.input_ids.numel(), b.input_ids.shape[1]
     bounds = tuple((i * length, (i + 1) * length) for i in range(b.input_ids.shape[0]))
     heads, dh = c.n_head, c.n_embd // c.n_head
@@ -371,12 +330,11 @@ def profile(variants, examples, prec: str, top: int) -> dict:
 
     comp = {
         f"LM head + loss fwd+bwd ({m} rows x {c.vocab_size}): plain (autograd, transformers' loss)": _best_of(head_plain),
-        f"LM head + loss fwd+bwd: ours (nlg.loss: {'fused' if dtype is None else 'autograd under autocast'})": _best_of(head_ours),
-        "LM head + loss fwd+bwd: ours+fast" + (" (nlg.head_loss_autocast)" if dtype is not None else " (= ours)"):
-            _best_of(head_fast),
-        f"attention fwd+bwd x {c.n_layer} layers: per sequence (nlg.varlen_attention, ours)":
+        f"LM head + loss fwd+bwd: ours (nlg.loss: {'nlg.head_loss' if dtype is None else 'nlg.head_loss_autocast'})":
+            _best_of(head_ours),
+        f"attention fwd+bwd x {c.n_layer} layers: per sequence (nlg.varlen_attention, mixed lengths)":
             c.n_layer * _best_of(attn(lambda q: varlen_causal_attention(q, bounds, heads, dh ** -0.5))),
-        f"attention fwd+bwd x {c.n_layer} layers: batched SDPA (plain, ours+fast)":
+        f"attention fwd+bwd x {c.n_layer} layers: batched SDPA (plain; ours on equal lengths)":
             c.n_layer * _best_of(attn(lambda q: batched_causal_attention(q, length, heads, dh ** -0.5))),
     }
     print(f"\n--- {prec}: phases of one step (s, best of 2) ---")
@@ -395,8 +353,7 @@ def run_precision(prec: str, args, train: Path, held: Path, tmp: Path) -> dict:
     total = 1 + args.rounds * args.steps
     tcfg = dataclasses.replace(cfg.train_config(str(train), str(held), str(tmp / f"run-{prec}"), resume=False),
                                max_steps=total)
-    variants = [Plain(tcfg, total) if name == "plain" else Ours(tcfg, total, tmp / f"run-{prec}-{name}",
-                                                                fast=name != "ours")
+    variants = [Plain(tcfg, total) if name == "plain" else Ours(tcfg, total, tmp / f"run-{prec}-{name}")
                 for name in args.variants]
     # the trainer's epoch-1 batches (EpochPlan with the recipe's seed and the authors' pad stream)
     examples = next((v.trainer.train_examples for v in variants if isinstance(v, Ours)), None)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.corpus import EXCLUDED_SOURCES, HELD_OUT_EVERY, generated_documents, shared_corpus
+from data.corpus import EXCLUDED_SOURCES, HELD_OUT_EVERY, generated_documents, shared_corpus, tokenized_style
 from nlg.config import PretrainConfig
 from nlg.models import ModelLoadError, load_model
 from nlg.pretrain import describe, pack_blocks, pretrain, pretrain_info
@@ -34,9 +34,19 @@ def _write_dart(folder: Path) -> None:
 def test_e2e_sourced_dart_annotations_are_dropped(tmp_path):
     _write_dart(tmp_path)
     corpus = shared_corpus(tmp_path)
-    assert corpus.documents == ["Kept sentence one.", "Kept sentence two."]
+    # the second document is written in the tokenized convention (spaces around punctuation)
+    assert corpus.documents == ["Kept sentence one.", "Kept sentence two ."]
     assert corpus.excluded == {"dart source e2e": 2}
+    assert corpus.conventions == {"as written": 1, "tokenized (spaces around punctuation)": 1}
     assert "e2e" in EXCLUDED_SOURCES
+
+
+def test_tokenized_convention_changes_spacing_only():
+    text = 'The Tower, built in 1,889 (rebuilt 2.5 times), is "tall"; its family-run shop opened.'
+    out = tokenized_style(text)
+    assert out == 'The Tower , built in 1,889 ( rebuilt 2.5 times ) , is " tall " ; its family - run shop opened .'
+    assert out.replace(" ", "") == text.replace(" ", "")
+    assert tokenized_style(out) == out  # already tokenized text stays as it is
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (WebNLG 2017, DART) is not beside the checkout")
