@@ -24,6 +24,11 @@ from typing import Iterable, Sequence
 from .java import JavaError, java_binary, meteor_jar, meteor_paraphrase_table
 
 FULL_TABLE_ENV = "NLG_METEOR_FULL_TABLE"  # set to 1 to always load the whole paraphrase table
+# METEOR reads and writes its statistics with java.util.Scanner / String.format in the default locale: under a
+# German one "0,5" is expected and "0.5" fails (InputMismatchException). Fixed to en-US on the command line, which
+# overrides JAVA_TOOL_OPTIONS and the LANG / LC_* the JVM would take it from; the *.format properties are the ones
+# Scanner and String.format actually consult (Locale.Category.FORMAT), should anything set them.
+LOCALE_FLAGS = ("-Duser.language=en", "-Duser.country=US", "-Duser.language.format=en", "-Duser.country.format=US")
 
 
 def _filtering() -> bool:
@@ -54,7 +59,8 @@ class Meteor:
         self._stderr = tempfile.TemporaryFile()
         self._folder: Path | None = None
         self._pipe: Path | None = None
-        cmd = [java_binary(), f"-Xmx{memory}", "-jar", str(meteor_jar()), "-", "-", "-stdio", "-l", "en", "-norm"]
+        cmd = [java_binary(), f"-Xmx{memory}", *LOCALE_FLAGS, "-jar", str(meteor_jar()), "-", "-", "-stdio", "-l",
+               "en", "-norm"]
         if texts_later and not hasattr(os, "mkfifo"):  # no named pipes here: the whole table
             texts_later = False
         if _filtering() and (texts is not None or texts_later):

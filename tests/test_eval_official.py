@@ -137,3 +137,14 @@ def test_whole_table_when_asked_or_when_no_index_can_be_built(env, monkeypatch, 
     _check(_score(case, None), case["official"], case["scorer"])
     if "NLG_CACHE_DIR" in env:
         assert "whole paraphrase table" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["eval_e2e_edge", "eval_webnlg_edge"])
+def test_meteor_under_a_german_default_locale_gives_the_official_figures(name, monkeypatch):
+    """Under de-DE, Java's Scanner expects decimal commas: METEOR 1.5 crashes (InputMismatchException, the known
+    GEM-metrics / nlg-eval failure) unless its locale is fixed, as eval.meteor does."""
+    german = "-Duser.language=de -Duser.country=DE -Duser.language.format=de -Duser.country.format=DE"
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", german)
+    monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
+    case = EXPECTED[name]
+    _check(_score(case, None), case["official"], case["scorer"])
