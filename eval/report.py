@@ -63,7 +63,18 @@ def load_run(run_dir: str | Path, split: str = "test") -> dict:
     run["trainable_params"] = summary.get("trainable_params", recipe.get("trainable_params"))
     run["paper_param_count"] = recipe.get("paper_param_count")
     run["metrics"] = flatten_metrics(scores.get("metrics"))
+    run["extra"] = scores.get("extra") or {}
     return run
+
+
+def extra_lines(extra: dict) -> list[str]:
+    """The extra figures of a score record (sacreBLEU with its signature), labelled as not the paper's metric."""
+    from eval.sacrebleu_extra import LABEL
+
+    if LABEL in extra:
+        e = extra[LABEL]
+        return [f"Extra, not the paper's BLEU: {LABEL} {e['score']:.2f} (`{e['signature']}`)."]
+    return [f"[{cat}] " + line for cat, sub in extra.items() if sub for line in extra_lines(sub)]
 
 
 def _read_data_source(run_dir: Path) -> dict:
@@ -281,6 +292,8 @@ def render_markdown(runs: list[dict], chart: str | None, groups: list[dict] | No
                     f"{e['paper']:g}" + (f" ± {e['paper_ci']:g}" if e["paper_ci"] is not None else ""))
                 lines.append(f"| {e['metric']} | {_fmt(e['ours'], 4 if e['metric'] in ('NIST', 'CIDEr') else 2)} | "
                              f"{paper} | {_diff_cell(e)} |")
+            if r.get("extra"):
+                lines += [""] + extra_lines(r["extra"])
         else:
             lines.append("No scores yet.")
         if r.get("loss_png"):

@@ -4,6 +4,9 @@
   python -m eval.score --task webnlg|dart --refs PREFIX_OR_DIR --hyps HYPS [-nr 6] [--out scores.json]
   python -m eval.score --run-dir RUN --dataset e2e|webnlg|dart [--split test]
 
+Besides the official-equal ``metrics``, every score record holds ``extra``: sacreBLEU with its signature
+(eval.sacrebleu_extra), labelled as such and never compared with the paper's BLEU.
+
 The run-folder form reads RUN/eval/<split>/ (e2e: references.txt + hypothesis.txt; dart: reference0.. +
 hypothesis; webnlg: all/ seen/ unseen/ each like dart) and writes RUN/scores.<split>.json.
 """
@@ -20,6 +23,7 @@ from nlg.io_utils import InputFileError, write_json
 from .java import JavaError
 from .meteor import Meteor
 from .readers import check_counts, read_e2e_references, read_hypotheses, read_multi_references
+from .sacrebleu_extra import LABEL as SACREBLEU, sacrebleu_extra
 from .webnlg_metrics import NltkDataError
 
 TASKS = ("e2e", "webnlg", "dart")
@@ -39,7 +43,8 @@ def score_e2e_files(refs: str | Path, hyps: str | Path, meteor: Meteor | None = 
     empty = [i + 1 for i, g in enumerate(ref_groups) if not g]
     if empty:
         raise InputFileError(refs, f"instance {empty[0]} has no reference")
-    return {"metrics": score_e2e(hyp_list, ref_groups, meteor=meteor), "n": len(hyp_list)}
+    return {"metrics": score_e2e(hyp_list, ref_groups, meteor=meteor), "n": len(hyp_list),
+            "extra": {SACREBLEU: sacrebleu_extra(hyp_list, ref_groups)}}
 
 
 def _read_multi_ref_files(refs: str | Path, hyps: str | Path,
@@ -56,7 +61,7 @@ def score_multi_ref_files(refs: str | Path, hyps: str | Path, num_refs: int | No
 
     hyp_list, ref_groups = _read_multi_ref_files(refs, hyps, num_refs)
     return {"metrics": score_webnlg(hyp_list, ref_groups, meteor=meteor), "n": len(hyp_list),
-            "num_refs": len(ref_groups[0])}
+            "num_refs": len(ref_groups[0]), "extra": {SACREBLEU: sacrebleu_extra(hyp_list, ref_groups)}}
 
 
 def has_categories(folder: Path) -> bool:
@@ -67,7 +72,7 @@ def score_webnlg_categories(folder: Path, num_refs: int | None = None) -> dict:
     """all / seen / unseen sub-folders, sharing one METEOR process; an empty category scores as null."""
     from .webnlg_metrics import score_webnlg, tokenize_pair
 
-    out: dict = {"metrics": {}, "n": {}}
+    out: dict = {"metrics": {}, "n": {}, "extra": {}}
     read: dict[str, tuple] = {}  # category -> (hypotheses, references, their tokenised forms)
     for cat in WEBNLG_CATEGORIES:
         sub = folder / cat
@@ -83,8 +88,10 @@ def score_webnlg_categories(folder: Path, num_refs: int | None = None) -> dict:
         for cat, (hyp_list, ref_groups, tokenized) in read.items():
             out["metrics"][cat] = score_webnlg(hyp_list, ref_groups, meteor=meteor, tokenized=tokenized)
             out["n"][cat] = len(hyp_list)
+            out["extra"][cat] = {SACREBLEU: sacrebleu_extra(hyp_list, ref_groups)}
     return {"metrics": {c: out["metrics"][c] for c in WEBNLG_CATEGORIES},
-            "n": {c: out["n"][c] for c in WEBNLG_CATEGORIES}}
+            "n": {c: out["n"][c] for c in WEBNLG_CATEGORIES},
+            "extra": {c: out["extra"].get(c) for c in WEBNLG_CATEGORIES}}
 
 
 def score_run_dir(run_dir: str | Path, dataset: str, split: str = "test", num_refs: int | None = None) -> Path:
@@ -106,7 +113,7 @@ def score_run_dir(run_dir: str | Path, dataset: str, split: str = "test", num_re
     else:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(TASKS)}")
     record = {"dataset": dataset, "split": split, "metrics": res["metrics"], "n": res["n"],
-              "scoring_time_s": round(time.perf_counter() - started, 2)}
+              "extra": res["extra"], "scoring_time_s": round(time.perf_counter() - started, 2)}
     out = run_dir / f"scores.{split}.json"
     write_json(out, record)
     return out
@@ -116,6 +123,16 @@ def format_metrics(metrics: dict) -> str:
     if metrics and all(isinstance(v, dict) or v is None for v in metrics.values()):
         return "\n".join(f"[{cat}] " + (format_metrics(m) if m else "no instances") for cat, m in metrics.items())
     return "  ".join(f"{k}: {v:.4f}" for k, v in metrics.items())
+
+
+def format_extra(extra: dict | None) -> str:
+    """The extra figures, one line each (per category for WebNLG), labelled as not the paper's."""
+    if not extra:
+        return ""
+    if SACREBLEU in extra:
+        e = extra[SACREBLEU]
+        return f"extra (not the paper's BLEU): {SACREBLEU} {e['score']:.2f}  [{e['signature']}]"
+    return "\n".join(f"[{cat}] " + format_extra(sub) for cat, sub in extra.items() if sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             if not dataset:
                 ap.error("--run-dir needs --dataset")
             out = score_run_dir(args.run_dir, dataset, args.split, args.num_refs)
-            print(format_metrics(json.loads(out.read_text())["metrics"]))
+            record = json.loads(out.read_text())
+            print(format_metrics(record["metrics"]))
+            print(format_extra(record.get("extra")))
             print(f"wrote {out}")
             return 0
         if not (args.task and args.refs):
@@ -157,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {"task": args.task, "refs": str(refs), "hyps": args.hyps, **res,
                   "scoring_time_s": round(time.perf_counter() - started, 2)}
         print(format_metrics(res["metrics"]))
+        print(format_extra(res.get("extra")))
         if args.out:
             write_json(args.out, record)
             print(f"wrote {args.out}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -96,6 +97,14 @@ def test_run_dir_e2e_writes_scores(tmp_path):
     assert record["dataset"] == "e2e" and record["split"] == "test" and record["n"] == 7
     official = EXPECTED["eval_e2e_edge"]["official"]
     assert {k: f"{v:.4f}" for k, v in record["metrics"].items()} == {k: v["printed"] for k, v in official.items()}
+    # the extra sacreBLEU: sacrebleu's own corpus score on the same texts, references padded with None
+    from sacrebleu.metrics import BLEU
+    hyps = read_hypotheses(folder / "hypothesis.txt")
+    groups = read_e2e_references(folder / "references.txt", len(hyps))
+    width = max(len(g) for g in groups)
+    own = BLEU().corpus_score(hyps, [[g[i] if i < len(g) else None for g in groups] for i in range(width)])
+    extra = record["extra"]["sacreBLEU"]
+    assert extra["score"] == own.score and extra["signature"].startswith("nrefs:var|case:mixed|eff:no|tok:13a")
 
 
 def test_run_dir_webnlg_categories(tmp_path):
@@ -116,3 +125,23 @@ def test_run_dir_webnlg_categories(tmp_path):
     official = EXPECTED["eval_webnlg_edge"]["official"]
     assert {k: f"{v:.4f}" for k, v in record["metrics"]["all"].items()} == \
         {k: f"{v['value']:.4f}" for k, v in official.items()}
+    assert record["extra"]["unseen"] is None and record["extra"]["seen"] == record["extra"]["all"]
+    assert 0 < record["extra"]["all"]["sacreBLEU"]["score"] <= 100
+
+
+def test_sacrebleu_extra_values_and_variable_references():
+    from eval.sacrebleu_extra import sacrebleu_extra
+
+    same = sacrebleu_extra(["the cat sat on the mat ."], [["the cat sat on the mat ."]])
+    assert same["score"] == pytest.approx(100.0) and same["signature"].startswith("nrefs:1|")
+    # brevity only: 4 of the reference's 6 tokens, every n-gram matching -> BP = exp(1 - 6/4) -> 60.65
+    short = sacrebleu_extra(["the cat sat on"], [["the cat sat on the mat"]])
+    assert abs(short["score"] - 100 * math.exp(1 - 6 / 4)) < 1e-9
+    # an empty reference slot is no reference: same score as the group without it, signed nrefs:var
+    with_gap = sacrebleu_extra(["a b c d", "e f g h"], [["a b c d", "x"], ["e f g h", ""]])
+    assert with_gap["score"] == pytest.approx(100.0) and "nrefs:var" in with_gap["signature"]
+    # an instance with no reference at all is left out and counted
+    alone = sacrebleu_extra(["a b c d", "zzz"], [["a b c d"], ["", " "]])
+    assert alone["score"] == pytest.approx(100.0) and (alone["instances"], alone["without_reference"]) == (1, 1)
+    with pytest.raises(ValueError, match="2 hypotheses but 1"):
+        sacrebleu_extra(["a", "b"], [["a"]])
