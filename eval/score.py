@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from nlg.io_utils import InputFileError, write_json
+from nlg.io_utils import InputFileError, RunLock, RunLockedError, write_json
 
 from .java import JavaError
 from .meteor import Meteor
@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             dataset = args.dataset or args.task
             if not dataset:
                 ap.error("--run-dir needs --dataset")
-            out = score_run_dir(args.run_dir, dataset, args.split, args.num_refs)
+            with RunLock(args.run_dir, "score", create=False):
+                out = score_run_dir(args.run_dir, dataset, args.split, args.num_refs)
             record = json.loads(out.read_text())
             print(format_metrics(record["metrics"]))
             print(format_extra(record.get("extra")))
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.out, record)
             print(f"wrote {args.out}")
         return 0
-    except (InputFileError, JavaError, NltkDataError, ValueError) as exc:
+    except (InputFileError, JavaError, NltkDataError, RunLockedError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -34,6 +34,7 @@ from nlg.config import TrainConfig
 from nlg.io_utils import InputFileError, atomic_open, read_json_object, write_json
 from nlg.lora import lora_settings
 from nlg.methods import get_method
+from nlg.peft_import import is_peft_folder, read_peft_lora
 
 FORMAT = "nlg-adapter"
 FORMAT_VERSION = 1
@@ -142,8 +143,9 @@ def _resolve(path: Path) -> tuple[str, Path]:
         for folder in (path, path / "adapter"):
             if (folder / CONFIG_FILE).is_file() and (folder / ADAPTER_FILE).is_file():
                 return "ours", folder
-        if (path / PEFT_WEIGHTS).is_file():
-            raise InputFileError(path, "this is a PEFT adapter folder; load it with peft.PeftModel.from_pretrained")
+        for folder in (path, path / "peft_adapter"):
+            if is_peft_folder(folder):
+                return "peft", folder
         raise InputFileError(path, f"no {CONFIG_FILE} + {ADAPTER_FILE} here nor in {path / 'adapter'}")
     raise InputFileError(path, "no such file or folder")
 
@@ -179,7 +181,7 @@ class StoredAdapter:
 
 def read_adapter(path: str | Path, base_model: str | None = None, lora_alpha: float = PAPER_ALPHA,
                  need_base: bool = True) -> StoredAdapter:
-    """Read a run folder, an adapter folder or an authors' ``.pt`` without building a model.
+    """Read a run folder, an adapter folder, a PEFT LoRA folder or an authors' ``.pt`` without building a model.
 
     An authors' file names no base: it is ``base_model``, else the GPT-2 card of its shape; with
     ``need_base=False`` (a model is supplied) an unknown shape is recorded as base "unknown"."""
@@ -199,6 +201,17 @@ def read_adapter(path: str | Path, base_model: str | None = None, lora_alpha: fl
         if card is not None:
             shape["n_head"] = card.n_head
         return StoredAdapter(ckpt.state, cfg, shape, where, where)
+
+    if kind == "peft":  # a PEFT LoRA folder (trained elsewhere, or our own export): nlg.peft_import
+        peft = read_peft_lora(where)
+        base = base_model or peft.base_model
+        if base is None and need_base:
+            raise InputFileError(where / CONFIG_FILE, "the PEFT config names no base_model_name_or_path; pass "
+                                                      "base_model (--model)")
+        cfg = TrainConfig(model=base or "unknown", method="lora", rank=peft.rank, lora_alpha=peft.alpha,
+                          lora_dropout=0.0, lora_targets=peft.targets)
+        return StoredAdapter(peft.state, cfg, {"n_layer": peft.n_layer, "n_embd": peft.n_embd},
+                             where / CONFIG_FILE, where)
 
     config_path, weights_path = where / CONFIG_FILE, where / ADAPTER_FILE
     config = read_json_object(config_path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +67,7 @@ class TrainConfig:
     log_interval: int = 100
     eval_interval: int = 0  # also validate every N updates (0: only at epoch ends, as the authors do)
     select_by: str = "last"  # adapter/ holds: "last" (the final weights, as the authors) | "valid_loss" (best dev)
+    report_to: str = "none"  # "tensorboard": mirror log.jsonl into RUN/tensorboard/ (nlg/tensorboard_log.py)
     resume: bool = False
 
     def to_json(self) -> str:
@@ -78,6 +81,90 @@ class TrainConfig:
         if "lora_targets" in raw:
             raw["lora_targets"] = tuple(raw["lora_targets"])
         return cls(**raw)
+
+
+# What nlg.train writes into recipe.json beyond the TrainConfig fields: facts about the run, not settings. A recipe
+# file may carry them (a run's own recipe.json does) and they are ignored when it is read back.
+RECIPE_RECORD_KEYS = ("random_model", "synthetic_data", "trainable_params", "paper_param_count", "saved_params",
+                      "world_size", "total_steps", "train_examples", "valid_examples")
+
+
+class RecipeFileError(ValueError):
+    """A recipe file that cannot be read as TrainConfig values; the message names the file (and the key)."""
+
+
+def _field_value(name: str, hint, value, path: Path):
+    """``value`` from a recipe file as the field's type, or a RecipeFileError naming file and key."""
+    base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    kind = base[0] if isinstance(base[0], type) else str
+    optional = type(None) in typing.get_args(hint)
+    bad = RecipeFileError(f"{path}: key {name!r} must be {kind.__name__}{' or null' if optional else ''}, "
+                          f"got {value!r}")
+    if value is None:
+        if optional:
+            return None
+        raise bad
+    if name == "lora_targets":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(t, str) for t in items):
+            raise bad
+        return tuple(t.strip() for t in items if t.strip())
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if kind is float:  # YAML 1.1 reads 2e-4 as a string: numbers written as strings are accepted
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(number):
+            raise bad
+        return number
+    if not isinstance(value, str):
+        raise bad
+    return value
+
+
+def load_recipe_file(path: str | Path) -> dict:
+    """TrainConfig values from a JSON or YAML recipe file (``.json``, ``.yaml``/``.yml``; a run's recipe.json
+    included): every key must be a TrainConfig field (or one of RECIPE_RECORD_KEYS, ignored); values are checked
+    against the field's type. Returns only the keys the file sets."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeFileError(f"{path}: cannot read the recipe file ({exc})") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise RecipeFileError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecipeFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise RecipeFileError(f"{path}: a recipe file holds one mapping of TrainConfig keys to values")
+    hints = typing.get_type_hints(TrainConfig)
+    values = {}
+    for key, value in raw.items():
+        if key in RECIPE_RECORD_KEYS:
+            continue
+        if key not in hints:
+            raise RecipeFileError(f"{path}: unknown key {key!r} (a TrainConfig field, e.g. lr, rank, epochs, "
+                                  f"or one that nlg.train records: {', '.join(RECIPE_RECORD_KEYS)})")
+        values[key] = _field_value(key, hints[key], value, path)
+    return values
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from nlg.config import DATASETS, REF_NUM, default_data_dir
-from nlg.io_utils import InputFileError, atomic_open, iter_jsonl
+from nlg.io_utils import InputFileError, RunLock, RunLockedError, atomic_open, iter_jsonl
 
 END_TEXT = "<|endoftext|>"
 WEBNLG_FILTERS = ("all", "seen", "unseen")
@@ -220,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     predictions = args.predictions or args.run_dir / f"predictions.{args.split}.jsonl"
     out_dir = args.out_dir or args.run_dir / "eval" / args.split
     try:
-        paths = decode_split(args.dataset, formatted, predictions, out_dir, args.ref_num, args.tokenize_lower)
-    except (InputFileError, ValueError) as exc:
+        with RunLock(args.run_dir, "decode", create=False):
+            paths = decode_split(args.dataset, formatted, predictions, out_dir, args.ref_num, args.tokenize_lower)
+    except (InputFileError, RunLockedError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(paths)} files under {out_dir}", file=sys.stderr)

@@ -19,7 +19,8 @@ import torch
 
 from nlg.beam import PromptError, SearchStats, beam_search, check_prompt, context_window
 from nlg.config import DATASETS, DecodeConfig, default_data_dir, paper_decode_config
-from nlg.io_utils import InputFileError, iter_jsonl, read_json_object, write_json, write_jsonl
+from nlg.io_utils import (InputFileError, RunLock, RunLockedError, check_output, iter_jsonl, read_json_object,
+                          write_json, write_jsonl)
 from nlg.models import ModelLoadError
 
 
@@ -129,9 +130,11 @@ def generate(
     cfg = cfg or paper_decode_config(dataset)
     data = Path(data) if data else default_data_dir(dataset) / f"{split}.jsonl"
     output = Path(output) if output else run_dir / f"predictions.{split}.jsonl"
+    check_output(output)  # before hours of beam search, not after
     lines, prompts = read_prompts(data, limit)
 
     info = dist_utils.setup(device)
+    lock = RunLock(run_dir, "generate").acquire() if info.is_main and run_dir.is_dir() else None
     try:
         if base_model is None and not (adapter or (run_dir / "adapter").exists()):
             base_model = recipe.get("model")
@@ -161,6 +164,8 @@ def generate(
                   f"{len(prompts) / max(seconds, 1e-9):.2f} records/s)", file=sys.stderr)
         dist_utils.barrier()
     finally:
+        if lock is not None:
+            lock.release()
         dist_utils.cleanup()
     return output
 
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                  batch_size=args.batch_size, hf_generate=args.hf_generate, early_stop=not args.no_early_stop,
                  truncate=args.truncate_left, device=args.device, output=args.output, quiet=args.quiet,
                  lora_alpha=args.lora_alpha)
-    except (InputFileError, GenerateError, PromptError, ModelLoadError, ValueError, OSError) as exc:
+    except (InputFileError, GenerateError, PromptError, ModelLoadError, RunLockedError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

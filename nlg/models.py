@@ -6,6 +6,7 @@ the GPT-2 vocabulary for tests and the CPU demo; anything produced with it must 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -97,6 +98,37 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+OPENAI_SIZES = ("gpt2", "gpt2-medium", "gpt2-large")  # the original .bin layout's own models: shapes known
+
+
+def _head_count(path: Path, card: str | None, n_layer: int, n_embd: int) -> int:
+    """Heads of an original-layout checkpoint: from a ``config.json`` beside it (``n_head`` or
+    ``num_attention_heads``), else from its card (named, or one of OpenAI's sizes by layers x width); the
+    weights alone do not say, so any other shape is refused rather than guessed."""
+    config = path.parent / "config.json"
+    if config.is_file():
+        try:
+            raw = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{config}: not a readable JSON config ({exc})") from None
+        heads = raw.get("n_head", raw.get("num_attention_heads"))
+        width, layers = raw.get("n_embd", raw.get("hidden_size")), raw.get("n_layer", raw.get("num_hidden_layers"))
+        if not isinstance(heads, int) or heads < 1 or n_embd % heads:
+            raise ModelLoadError(f"{config}: n_head must be a positive divisor of the width {n_embd}, got {heads!r}")
+        if (width is not None and width != n_embd) or (layers is not None and layers != n_layer):
+            raise ModelLoadError(f"{config}: says {layers} layers x {width} wide, but {path.name} holds "
+                                 f"{n_layer} x {n_embd}")
+        return heads
+    if card in CARDS and (CARDS[card].n_layer, CARDS[card].n_embd) == (n_layer, n_embd):
+        return CARDS[card].n_head
+    for name in OPENAI_SIZES:
+        if (CARDS[name].n_layer, CARDS[name].n_embd) == (n_layer, n_embd):
+            return CARDS[name].n_head
+    raise ModelLoadError(f"{path}: a {n_layer}-layer, {n_embd}-wide GPT-2 is none of OpenAI's sizes, and its "
+                         f"weights do not say how many attention heads it has: put a config.json with n_head "
+                         f"beside it, or load it as a Hugging Face folder")
+
+
 def load_original_bin(path: str | os.PathLike, card: str | None = None) -> GPT2LMHeadModel:
     """Load the original OpenAI-layout ``gpt2*-pytorch_model.bin`` (keys ``wte.weight``, ``h.0.attn...``)."""
     path = Path(path)
@@ -113,9 +145,7 @@ def load_original_bin(path: str | os.PathLike, card: str | None = None) -> GPT2L
     n_embd = state["wte.weight"].shape[1]
     layers = {int(m.group(1)) for k in state if (m := re.match(r"h\.(\d+)\.", k))}
     n_layer = max(layers) + 1 if layers else 0
-    by_shape = {(c.n_layer, c.n_embd): c for c in CARDS.values()}
-    match = CARDS.get(card) or by_shape.get((n_layer, n_embd))
-    n_head = match.n_head if match else n_embd // 64  # GPT-2 heads are 64 wide
+    n_head = _head_count(path, card, n_layer, n_embd)
     n_positions = state["wpe.weight"].shape[0] if "wpe.weight" in state else 1024
     model = GPT2LMHeadModel(gpt2_config(n_layer, n_embd, n_head, n_positions))
     weights = {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}

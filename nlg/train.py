@@ -39,9 +39,12 @@ from nlg import packed as packed_path
 from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, read_encoded, total_steps, valid_batches
 from nlg.checkpoint import (latest_checkpoint, load_best, load_checkpoint, rng_state, save_best, save_checkpoint,
                             set_rng_state)
-from nlg.config import DATASETS, METHODS, PRETRAIN_DATASET, TrainConfig, default_data_dir, paper_train_config
-from nlg.io_utils import atomic_open, write_json
+from nlg.config import (DATASETS, METHODS, PRETRAIN_DATASET, TrainConfig, default_data_dir, load_recipe_file,
+                        paper_train_config)
+from nlg.io_utils import RunLock, RunLockedError, atomic_open, write_json
 from nlg.loss import MaskedLMLoss
+from nlg.tensorboard_log import REPORT_TO, TensorBoardUnavailable, open_mirror
+from nlg.tensorboard_log import check_available as check_tensorboard
 from nlg.methods import get_method
 from nlg.methods.counts import count_line, exact_counts
 from nlg.mkl_prepack import Packs, pack_frozen
@@ -49,12 +52,13 @@ from nlg.models import is_random_model, load_model
 from nlg.optim import SCHEDULES, build_optimizer, set_lr
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
-RESUME_MAY_CHANGE = {"resume", "save_interval", "log_interval", "out_dir", "train_data", "valid_data"}
-OUR_OUTPUTS = ("recipe.json", "log.jsonl", "checkpoints", "adapter", "peft_adapter", "train_summary.json")
+RESUME_MAY_CHANGE = {"resume", "save_interval", "log_interval", "out_dir", "train_data", "valid_data", "report_to"}
+OUR_OUTPUTS = ("recipe.json", "log.jsonl", "checkpoints", "adapter", "peft_adapter", "train_summary.json",
+               "tensorboard")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SELECT_BY = ("last", "valid_loss")  # which weights adapter/ holds: the final ones, or those of the lowest dev loss
 CHOICES = {"dataset": DATASETS, "method": METHODS, "precision": tuple(PRECISIONS), "scheduler": SCHEDULES,
-           "select_by": SELECT_BY}
+           "select_by": SELECT_BY, "report_to": REPORT_TO}
 
 
 class TrainError(RuntimeError):
@@ -81,6 +85,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError(f"unknown --scheduler {cfg.scheduler!r}; expected one of {', '.join(SCHEDULES)}")
     if cfg.precision not in PRECISIONS:
         raise TrainError(f"unknown --precision {cfg.precision!r}; expected one of {', '.join(PRECISIONS)}")
+    try:
+        check_tensorboard(cfg.report_to)
+    except (ValueError, TensorBoardUnavailable) as exc:
+        raise TrainError(str(exc)) from None
     for name in ("batch_size", "grad_acc", "valid_batch_size", "seq_len", "epochs", "save_interval", "log_interval"):
         if getattr(cfg, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
@@ -94,14 +102,30 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError(f"unknown --select-by {cfg.select_by!r}; expected one of {', '.join(SELECT_BY)}")
 
 
+DERIVED_PATTERNS = ("predictions.*.jsonl", "generate.*.json", "eval", "scores.*.json", "report.md", "report.json",
+                    "loss.png")  # what the later stages made from this run's adapter (nlg.generate, decode, score, report)
+
+
+def derived_outputs(run: Path) -> list[Path]:
+    """The downstream stages' outputs in a run folder: stale once the run is trained again."""
+    return sorted({p for pattern in DERIVED_PATTERNS for p in run.glob(pattern)})
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """The training and validation files exist (before anything in the run folder is touched)."""
+    for path in (cfg.train_data, cfg.valid_data):
+        if not Path(path).is_file():
+            raise TrainError(f"{path}: no such file; prepare the data with `python -m data.{cfg.dataset}.prepare` "
+                             "or point --train-data / --valid-data at encoded JSONL files")
+
+
 def _decide_start(cfg: TrainConfig, overwrite: bool) -> tuple[str, Path | None]:
     """("fresh" | "resume" | "finished", checkpoint); refuses to clobber progress unless asked."""
     run = Path(cfg.out_dir)
     finished = (run / "train_summary.json").is_file()
     ckpt = latest_checkpoint(run)
-    if overwrite:
-        for name in OUR_OUTPUTS:
-            target = run / name
+    if overwrite:  # the inputs were checked first (Trainer): a typo never costs the run it was meant to replace
+        for target in [run / name for name in OUR_OUTPUTS] + derived_outputs(run):
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
@@ -195,15 +219,31 @@ class Trainer:
         self.quiet = quiet or not self.dist.is_main
         self.stop_after = stop_after
         self.run_dir = Path(cfg.out_dir)
+        check_inputs(cfg)
+        self.lock = None  # the run folder's lock (main process), held until run() ends
         decision = None
         if self.dist.is_main:
             try:
+                self.lock = RunLock(self.run_dir, "train").acquire()
                 decision = _decide_start(cfg, overwrite)
-            except TrainError as exc:
+            except (TrainError, RunLockedError) as exc:
                 decision = ("error", str(exc))
         decision = dist_utils.broadcast_object(decision)
-        if decision[0] == "error":
-            raise TrainError(decision[1])
+        try:
+            if decision[0] == "error":
+                raise TrainError(decision[1])
+            self._build(cfg, decision)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _build(self, cfg: TrainConfig, decision) -> None:
+        """Data, model, method, optimizer, loss; a fresh recipe or the restored checkpoint."""
         self.mode, ckpt = decision
         self.ckpt_path = Path(ckpt) if ckpt is not None else None
         if self.mode == "finished":
@@ -211,14 +251,13 @@ class Trainer:
         if self.mode == "resume":
             _check_resume_config(cfg, self.run_dir)
 
-        for path in (cfg.train_data, cfg.valid_data):
-            if not Path(path).is_file():
-                raise TrainError(f"{path}: no such file; prepare the data with `python -m data.{cfg.dataset}.prepare` "
-                                 "or point --train-data / --valid-data at encoded JSONL files")
         self.train_examples = read_encoded(cfg.train_data, cfg.seq_len)
         self.valid_examples = read_encoded(cfg.valid_data, cfg.seq_len)
         self.total_steps = total_steps(len(self.train_examples), cfg.batch_size, cfg.epochs, cfg.grad_acc,
                                        self.dist.world, cfg.max_steps)
+        if not any(e.n_loss for e in self.train_examples):
+            raise TrainError(f"{cfg.train_data}: no example has a token to learn (every completion is empty or cut "
+                             f"off by --seq-len {cfg.seq_len}): there is nothing to train on")
         if self.total_steps < 1:
             raise TrainError(f"{cfg.train_data}: {len(self.train_examples)} examples give no complete update "
                              f"(batch {cfg.batch_size} x grad-acc {cfg.grad_acc} x {self.dist.world} processes)")
@@ -245,6 +284,7 @@ class Trainer:
             self.ddp = DDP(self.loss_module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
         self.packs = cpu_packs(cfg, self.model, self.dist.device)  # after DDP's broadcast of the weights; freed
         # when run() ends
+        self.tensorboard = None  # opened by run() on the main process when --report-to tensorboard
         self.progress = Progress()
         self.pad_rng = random.Random(PAD_RNG_SEED)
         self.pad_rng_epoch_start = self.pad_rng.getstate()
@@ -290,6 +330,8 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
         self.progress.log_lines += 1
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
 
     def _save(self) -> None:
         p = self.progress
@@ -396,12 +438,20 @@ class Trainer:
     def run(self) -> Path:
         if self.mode == "finished":
             self.info(f"{self.run_dir}: this run already finished (train_summary.json); nothing to do")
+            self._release_lock()
             return self.run_dir
         try:
+            if self.dist.is_main:  # on resume, events after the checkpoint's step go, like log.jsonl's lines
+                self.tensorboard = open_mirror(self.cfg.report_to, self.run_dir,
+                                               self.progress.step + 1 if self.mode == "resume" else None)
             return self._run()
         finally:
             if self.packs is not None:
                 self.packs.release()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
+            self._release_lock()
 
     def _run(self) -> Path:
         cfg, p = self.cfg, self.progress
@@ -575,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
             base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
             kind = base[0] if isinstance(base[0], type) else str
             p.add_argument(_flag(f.name), type=kind, help=help_text, choices=CHOICES.get(f.name))
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a JSON or YAML recipe (a run's own recipe.json reproduces that run); flags override it")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: this process's GPU, else CPU)")
     p.add_argument("--overwrite", action="store_true", help="discard this run folder's training outputs and start over")
     p.add_argument("--stop-after", type=int, default=None,
@@ -584,8 +636,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(ns: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """The run's TrainConfig: the paper's recipe for the dataset, then a ``--config`` file's values, then the flags
+    given on the command line (each overriding the one before)."""
     values = vars(ns).copy()
-    extra = {k: values.pop(k, None) for k in ("device", "overwrite", "stop_after", "quiet")}
+    extra = {k: values.pop(k, None) for k in ("device", "overwrite", "stop_after", "quiet", "config")}
+    if extra["config"]:
+        values = {**load_recipe_file(extra["config"]), **values}
     dataset = values.pop("dataset", "e2e")
     model = values.pop("model", TrainConfig.model)
     return paper_train_config(dataset, model, **values), extra

@@ -190,6 +190,8 @@ def test_csv_route_gives_the_txt_routes_records(tmp_path):
         ("MR\n\"name[A], area[riverside]\"\n", "devset.csv:1: no 'ref' column"),
         ("mr,ref\n\"name[A], area[riverside]\",Fine.\n\"name[B], area riverside\",Bad MR.\n", "devset.csv:3: malformed MR"),
         ("mr,ref\n\"name[A]\",Fine.,extra\n", "devset.csv:2: expected 2 columns, got 3"),
+        # an unclosed bracket swallowing the next slot (once read as "name : Foo , area [ city centre")
+        ("mr,ref\n\"name[Foo, area[city centre]\",Bad MR.\n", "devset.csv:2: malformed MR"),
     ],
 )
 def test_bad_csv_names_file_and_line(tmp_path, content, message):

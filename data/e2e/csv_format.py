@@ -34,7 +34,7 @@ SLOT_NAMES = {"eatType": "Type", "priceRange": "price", "familyFriendly": "famil
 
 _KEEP = "\ue000"  # marks a period that must stay attached to its number
 _QUOTES = "'\u2019"
-_MR_ITEM = re.compile(r"\s*([^\[\],]+?)\s*\[([^\]]*)\]\s*(?:,|$)")
+_MR_ITEM = re.compile(r"\s*([^\[\],]+?)\s*\[([^\[\]]*)\]\s*(?:,|$)")  # no bracket inside a value
 
 
 def _mark_number_period(match: re.Match) -> str:
