@@ -257,11 +257,20 @@ def load_for_decoding(path: str | Path, base_model: str | None = None, device: s
 # --------------------------------------------------------------------------------------------- PEFT
 
 
+PEFT_METHODS = ("lora", "prefix-layer")  # what PEFT holds exactly (docs/lora-and-adapters.md says why not the rest)
+
+
 def export_peft(model, cfg: TrainConfig, folder: str | Path) -> Path:
-    """Write a PEFT LoRA folder that ``PeftModel.from_pretrained(GPT2LMHeadModel, folder)`` loads to equal logits."""
-    if cfg.method != "lora":
-        raise ValueError(f"PEFT export covers LoRA only, not method {cfg.method!r}")
+    """Write a PEFT folder that ``PeftModel.from_pretrained(GPT2LMHeadModel, folder)`` loads to equal logits:
+    LoRA as a PEFT LoRA, PreLayer as PEFT prefix tuning (its plain prefixes, no reparameterisation)."""
+    if cfg.method not in PEFT_METHODS:
+        raise ValueError(f"PEFT export covers {' and '.join(PEFT_METHODS)}, not method {cfg.method!r}")
     model = _unwrap(model)
+    if cfg.method == "prefix-layer":
+        from nlg.methods.prefix import KV_KEY
+
+        kv = get_method("prefix-layer").export_state(model)[KV_KEY]
+        return write_peft_prefix_folder(kv, folder, base_model=cfg.model)
     s = lora_settings(model)
     return write_peft_folder(get_method("lora").trainable_state(model), s["rank"], s["alpha"], s["targets"],
                              folder, base_model=cfg.model, dropout=s["dropout"])
@@ -304,6 +313,30 @@ def write_peft_folder(state: dict[str, torch.Tensor], rank: int, alpha: float, t
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _write_safetensors(folder / PEFT_WEIGHTS, out, {"format": "pt"})
+    write_json(folder / PEFT_CONFIG, raw)
+    return folder
+
+
+def write_peft_prefix_folder(key_values: torch.Tensor, folder: str | Path, base_model: str | None = None) -> Path:
+    """PEFT prefix tuning (``prefix_projection=False``) from PreLayer's prefixes ``(L, 2, heads, l_p, head_dim)``.
+
+    PEFT keeps ``prompt_embeddings`` ``[l_p, L·2·d]`` and views each row as (layer, key|value, head, head_dim):
+    the same order as ours, so the rows are our prefixes transposed. Both place them in the cache ahead of the real
+    tokens, give them attention-mask ones and start the real tokens' positions at l_p (GPT-2 counts the cache)."""
+    from peft import PrefixTuningConfig
+
+    n_layer, two, heads, l_p, head_dim = key_values.shape
+    if two != 2:
+        raise ValueError(f"prefix key/values of shape {tuple(key_values.shape)}: expected (L, 2, heads, l_p, dh)")
+    d = heads * head_dim
+    rows = key_values.detach().float().cpu().permute(3, 0, 1, 2, 4).reshape(l_p, n_layer * 2 * d).contiguous()
+    peft_cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=l_p, token_dim=d, num_layers=n_layer,
+                                  num_attention_heads=heads, num_transformer_submodules=1, encoder_hidden_size=d,
+                                  prefix_projection=False, base_model_name_or_path=base_model)
+    raw = json.loads(json.dumps(peft_cfg.to_dict(), default=str))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_safetensors(folder / PEFT_WEIGHTS, {"prompt_embeddings": rows}, {"format": "pt"})
     write_json(folder / PEFT_CONFIG, raw)
     return folder
 
@@ -418,10 +451,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "import-authors":
             print(write_adapter_folder(stored.state, cfg, stored.model_shape, args.out))
         else:
-            if cfg.method != "lora":
-                raise ValueError(f"PEFT export covers LoRA only, not method {cfg.method!r}")
-            print(write_peft_folder(stored.state, cfg.rank, cfg.lora_alpha, cfg.lora_targets, args.out,
-                                    base_model=cfg.model, dropout=cfg.lora_dropout))
+            if cfg.method == "prefix-layer":
+                from nlg.methods.prefix import KV_KEY
+
+                print(write_peft_prefix_folder(stored.state[KV_KEY], args.out, base_model=cfg.model))
+            elif cfg.method == "lora":
+                print(write_peft_folder(stored.state, cfg.rank, cfg.lora_alpha, cfg.lora_targets, args.out,
+                                        base_model=cfg.model, dropout=cfg.lora_dropout))
+            else:
+                raise ValueError(f"PEFT export covers {' and '.join(PEFT_METHODS)}, not method {cfg.method!r}")
         return 0
     except (InputFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

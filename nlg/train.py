@@ -8,7 +8,7 @@ batches their AdamW updates the trained tensors with the linearly warmed-up and 
 
 The run folder (default ``runs/<dataset>-<model>-<method>-r<rank>``) receives ``recipe.json``, ``log.jsonl``,
 ``checkpoints/step-<N>/`` (last two kept), ``checkpoints/best/`` (the trained tensors at the lowest dev loss so far),
-and at the end ``adapter/``, ``peft_adapter/`` (LoRA) and ``train_summary.json``; nothing is written anywhere else.
+and at the end ``adapter/``, ``peft_adapter/`` (LoRA, PreLayer) and ``train_summary.json``; nothing is written anywhere else.
 ``--resume`` continues from the last checkpoint bit-for-bit, best-so-far record included.
 
 Validation on the dev split runs at each epoch's end and at the last update, as the authors do, and also every
@@ -559,12 +559,12 @@ class Trainer:
     def _finish(self) -> None:
         p = self.progress
         if self.dist.is_main:
-            from nlg.adapter_io import export_peft, save_adapter
+            from nlg.adapter_io import PEFT_METHODS, export_peft, save_adapter
 
             chosen = self.selection()
             self._load_selected(chosen)  # the adapter and the PEFT export hold the same selected weights
             save_adapter(self.model, self.cfg, self.run_dir / "adapter", checkpoint=chosen)
-            if self.cfg.method == "lora":
+            if self.cfg.method in PEFT_METHODS:
                 export_peft(self.model, self.cfg, self.run_dir / "peft_adapter")
             write_json(self.run_dir / "train_summary.json", {
                 "trainable_params": sum(t.numel() for t in self.params),

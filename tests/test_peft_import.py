@@ -114,3 +114,38 @@ def test_lora_on_the_embedding_is_refused(tmp_path):
     _peft_model(tmp_path, target_modules=["c_attn", "wte"])
     with pytest.raises(InputFileError, match="wte.*not a LoRA tensor of a GPT-2 block"):
         read_adapter(tmp_path / "peft", base_model="tiny")
+
+
+def test_prelayer_exports_as_peft_prefix_tuning_with_equal_logits(tmp_path):
+    """PreLayer's plain prefixes as PEFT prefix tuning (prefix_projection off): same cache, same mask ones, real
+    tokens from position l_p in both, so PEFT computes our logits."""
+    from peft import PeftModel
+    from transformers import GPT2LMHeadModel
+
+    from nlg.adapter_io import export_peft
+    from nlg.methods.prefix import KV_KEY
+
+    base = build_random("tiny", seed=0)
+    base.save_pretrained(tmp_path / "base")
+    cfg = TrainConfig(model="tiny", method="prefix-layer", prefix_len=5, prefix_mid_dim=32)
+    model = get_method("prefix-layer").apply(build_random("tiny", seed=0), cfg)
+    kv = get_method("prefix-layer").export_state(model)[KV_KEY]
+    get_method("prefix-layer").load_state(model, {KV_KEY: torch.randn(kv.shape, generator=torch.Generator()
+                                                                       .manual_seed(4))})
+    model = get_method("prefix-layer").for_inference(model).eval()
+    folder = export_peft(model, cfg, tmp_path / "peft")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["num_virtual_tokens"], config["prefix_projection"]) == \
+        ("PREFIX_TUNING", 5, False)
+    peft_model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(tmp_path / "base"), folder).eval()
+    ids = IDS.clone()
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # right padding, as training batches have
+    with torch.no_grad():
+        ours = model(input_ids=ids, attention_mask=mask).logits
+        theirs = peft_model(input_ids=ids, attention_mask=mask).logits
+    live = mask.bool()
+    assert torch.allclose(ours[live], theirs[live], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        plain = base.eval()(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(plain[live], ours[live], atol=1e-3)
