@@ -42,7 +42,7 @@ N_EXAMPLES = 3
 KINDS = ("method", "tuned", "control")
 # manifest keys copied into report.json as they are (the driver's record of the experiment)
 PASSED_THROUGH = ("title", "command", "machine", "wall_time_s", "budget_s", "pretrain_time_s", "pretrain", "data",
-                  "budget", "seeds")
+                  "budget", "seeds", "calls")
 
 
 # ---------------------------------------------------------------- manifest and rows
@@ -252,6 +252,11 @@ def time_line(manifest: dict) -> str:
     if manifest.get("pretrain_time_s") is not None:
         made = " (made by an earlier call and cached: the time it took then)" if manifest.get("pretrain_cached") else ""
         text += f"; {manifest['pretrain_time_s']:,.0f} s of it pretraining the model{made}"
+    calls = manifest.get("calls") or []
+    if len(calls) > 1:
+        parts = ", ".join(f"{c['runs_time_s']:,.0f} s" + (f" ({c['jobs_run']} runs)" if c.get("jobs_run") else "")
+                          for c in calls)
+        text += f"; the runs were made by {len(calls)} calls of the script: {parts}"
     return text + "."
 
 

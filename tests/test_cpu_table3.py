@@ -60,3 +60,13 @@ def test_table_end_to_end_tiny(tmp_path):
     before = (Path(runs["lora"][0]) / "scores.test.json").read_bytes()
     run_table(opts, command="pytest")
     assert (Path(runs["lora"][0]) / "scores.test.json").read_bytes() == before
+    # a call that adds a row runs only that row, and the table's runs time counts both calls
+    first = json.loads((opts.out / "manifest.json").read_text())["runs_time_s"]
+    opts.rows = ("no-adapt", "lora", "ft")
+    report = run_table(opts, command="pytest")
+    manifest = json.loads((opts.out / "manifest.json").read_text())
+    assert [r["id"] for r in manifest["rows"]] == ["no-adapt", "ft", "lora"]
+    assert [c["jobs_run"] for c in manifest["calls"]] == [None, 1]
+    assert manifest["calls"][0]["runs_time_s"] == pytest.approx(first, abs=0.1)
+    assert manifest["runs_time_s"] == pytest.approx(sum(c["runs_time_s"] for c in manifest["calls"]), abs=0.1)
+    assert "made by 2 calls of the script" in (report / "report.md").read_text()
