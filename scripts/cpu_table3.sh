@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 if [ -z "${NLTK_DATA:-}" ] && [ -d ../shared/nltk_data ]; then export NLTK_DATA="$(cd .. && pwd)/shared/nltk_data"; fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 start=$(date +%s)
-export NLG_TABLE_COMMAND="bash scripts/cpu_table3.sh $*"
+export NLG_TABLE_COMMAND="bash scripts/cpu_table3.sh${*:+ $*}"
 "${PYTHON:-python3}" -m nlg.cpu_table3 --out "${OUT:-runs/cpu-table3}" --report-dir "${REPORT_DIR:-results/cpu_table3}" "$@"
 secs=$(( $(date +%s) - start ))
 echo "cpu_table3.sh: whole script $((secs / 60)) min $((secs % 60)) s (budget 90 min; pretraining included unless it was cached)"

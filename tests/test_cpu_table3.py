@@ -66,7 +66,7 @@ def test_table_end_to_end_tiny(tmp_path):
     report = run_table(opts, command="pytest")
     manifest = json.loads((opts.out / "manifest.json").read_text())
     assert [r["id"] for r in manifest["rows"]] == ["no-adapt", "ft", "lora"]
-    assert [c["jobs_run"] for c in manifest["calls"]] == [None, 1]
+    assert [c["jobs_run"] for c in manifest["calls"]] == [None, 2]  # ft: both seeds
     assert manifest["calls"][0]["runs_time_s"] == pytest.approx(first, abs=0.1)
     assert manifest["runs_time_s"] == pytest.approx(sum(c["runs_time_s"] for c in manifest["calls"]), abs=0.1)
     assert "made by 2 calls of the script" in (report / "report.md").read_text()

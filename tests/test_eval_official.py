@@ -139,7 +139,8 @@ def test_whole_table_when_asked_or_when_no_index_can_be_built(env, monkeypatch, 
         assert "whole paraphrase table" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["eval_e2e_edge", "eval_webnlg_edge"])
+@pytest.mark.parametrize("name", ["eval_e2e_edge", "eval_webnlg_edge", "e2e-metrics-example",
+                                  "webnlg2020-generationeval-sample-en"])
 def test_meteor_under_a_german_default_locale_gives_the_official_figures(name, monkeypatch):
     """Under de-DE, Java's Scanner expects decimal commas: METEOR 1.5 crashes (InputMismatchException, the known
     GEM-metrics / nlg-eval failure) unless its locale is fixed, as eval.meteor does."""

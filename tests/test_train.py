@@ -137,7 +137,8 @@ def test_linear_schedule_with_warmup():
 def test_run_folder_contract(tmp_path):
     out = train(_cfg(tmp_path, max_steps=5, save_interval=2), quiet=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["recipe.json", "log.jsonl", "checkpoints", "adapter", "peft_adapter", "train_summary.json"])
+        [".lock", "recipe.json", "log.jsonl", "checkpoints", "adapter", "peft_adapter", "train_summary.json"])
+    assert (out / ".lock").read_text() == ""  # released: the holder's line is cleared when the stage ends
     assert [s for s, _ in list_checkpoints(out)] == [4, 5]  # every 2 steps and the last, the last two kept
     recipe = json.loads((out / "recipe.json").read_text())
     assert TrainConfig.from_json(json.dumps(recipe)) == train_mod.resolve_paths(_cfg(tmp_path, max_steps=5,
