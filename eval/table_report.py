@@ -254,7 +254,7 @@ def time_line(manifest: dict) -> str:
         text += f"; {manifest['pretrain_time_s']:,.0f} s of it pretraining the model{made}"
     calls = manifest.get("calls") or []
     if len(calls) > 1:
-        parts = ", ".join(f"{c['runs_time_s']:,.0f} s" + (f" ({c['jobs_run']} runs)" if c.get("jobs_run") else "")
+        parts = ", ".join(f"{c['runs_time_s']:,.0f} s" + (f" ({c['jobs_run']} run{'' if c['jobs_run'] == 1 else 's'})" if c.get("jobs_run") else "")
                           for c in calls)
         text += f"; the runs were made by {len(calls)} calls of the script: {parts}"
     return text + "."
