@@ -100,7 +100,7 @@ def read_peft_lora(folder: str | Path) -> PeftLoRA:
         raise refuse("no LoRA tensor in the weights file")
     layers = max(i for i, _ in parts) + 1
     rslora = bool(cfg.get("use_rslora"))
-    default_r, default_alpha = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
+    default_alpha = float(cfg.get("lora_alpha", 8))
 
     def scale_of(module: str, rank: int) -> float:
         alpha = float(_pattern_value(cfg.get("alpha_pattern"), module, default_alpha))
