@@ -32,7 +32,7 @@ from safetensors.torch import save as st_save
 
 from nlg.config import TrainConfig
 from nlg.io_utils import InputFileError, atomic_open, read_json_object, write_json
-from nlg.lora import lora_settings
+from nlg.lora import lora_settings, normalize_targets
 from nlg.methods import get_method
 from nlg.peft_import import is_peft_folder, read_peft_lora
 
@@ -260,11 +260,22 @@ def load_for_decoding(path: str | Path, base_model: str | None = None, device: s
 PEFT_METHODS = ("lora", "prefix-layer")  # what PEFT holds exactly (docs/lora-and-adapters.md says why not the rest)
 
 
+def peft_unexportable(cfg: TrainConfig) -> str | None:
+    """Why a run's adapter has no exact PEFT equivalent, or None when it has one."""
+    if cfg.method not in PEFT_METHODS:
+        return f"PEFT export covers {' and '.join(PEFT_METHODS)}, not method {cfg.method!r}"
+    if cfg.method == "lora" and "wte" in normalize_targets(cfg.lora_targets):
+        return ("PEFT's LoRA on an embedding adapts the lookup only, not GPT-2's tied LM head: "
+                "a run with LoRA on wte has no equal PEFT adapter")
+    return None
+
+
 def export_peft(model, cfg: TrainConfig, folder: str | Path) -> Path:
     """Write a PEFT folder that ``PeftModel.from_pretrained(GPT2LMHeadModel, folder)`` loads to equal logits:
     LoRA as a PEFT LoRA, PreLayer as PEFT prefix tuning (its plain prefixes, no reparameterisation)."""
-    if cfg.method not in PEFT_METHODS:
-        raise ValueError(f"PEFT export covers {' and '.join(PEFT_METHODS)}, not method {cfg.method!r}")
+    why_not = peft_unexportable(cfg)
+    if why_not:
+        raise ValueError(why_not)
     model = _unwrap(model)
     if cfg.method == "prefix-layer":
         from nlg.methods.prefix import KV_KEY
@@ -451,15 +462,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "import-authors":
             print(write_adapter_folder(stored.state, cfg, stored.model_shape, args.out))
         else:
+            why_not = peft_unexportable(cfg)
+            if why_not:
+                raise ValueError(why_not)
             if cfg.method == "prefix-layer":
                 from nlg.methods.prefix import KV_KEY
 
                 print(write_peft_prefix_folder(stored.state[KV_KEY], args.out, base_model=cfg.model))
-            elif cfg.method == "lora":
+            else:
                 print(write_peft_folder(stored.state, cfg.rank, cfg.lora_alpha, cfg.lora_targets, args.out,
                                         base_model=cfg.model, dropout=cfg.lora_dropout))
-            else:
-                raise ValueError(f"PEFT export covers {' and '.join(PEFT_METHODS)}, not method {cfg.method!r}")
         return 0
     except (InputFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

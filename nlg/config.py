@@ -188,7 +188,10 @@ class PretrainConfig:
     adam_beta2: float = 0.99
     clip: float = 1.0
     seed: int = 110
-    precision: str = "bf16"  # autocast; the fused head + loss (nlg.head_loss_autocast) makes it the faster here
+    # "auto": bf16 autocast where the hardware multiplies bf16 (CUDA, or a CPU with AVX512-BF16 / AMX; there the
+    # fused head + loss of nlg.head_loss_autocast makes it the faster), fp32 elsewhere (an AVX2-only CPU emulates
+    # bf16: ten times slower than fp32); the recipe and cache name record the precision it resolved to
+    precision: str = "auto"
     generated_documents: int = 3000  # size of the offline corpus
 
     def train_config(self, train_data: str, valid_data: str, out_dir: str, resume: bool) -> TrainConfig:

@@ -82,6 +82,15 @@ ROWS: tuple[Row, ...] = (
     Row("lora-r16-all", "LoRA r=16 all, lr 2e-3", "tuned", "lora",
         "r = 16 on q, k, v, o, c_fc, c_proj; lr 2e-3",
         ("--rank", "16", "--lora-alpha", "128", "--lora-targets", "q,k,v,o,c_fc,c_proj", "--lr", "2e-3")),
+    # the pretraining corpus never holds some of E2E's most frequent words (" coffee", " shop", " rating", ...):
+    # LoRA on the tied token embedding (loralib's Embedding update) lets a frozen base learn them
+    Row("lora-wte", "LoRA + wte", "tuned", "lora", "r = 4 on W_q, W_v and the tied token embedding, alpha 32",
+        ("--rank", "4", "--lora-targets", "q,v,wte")),
+    Row("lora-wte-lr", "LoRA + wte, lr 2e-3", "tuned", "lora", "r = 4 on W_q, W_v, wte; lr 2e-3",
+        ("--rank", "4", "--lora-targets", "q,v,wte", "--lr", "2e-3")),
+    Row("lora-r16-all-wte", "LoRA r=16 all + wte, lr 2e-3", "tuned", "lora",
+        "r = 16 on q, k, v, o, c_fc, c_proj and wte; lr 2e-3",
+        ("--rank", "16", "--lora-alpha", "128", "--lora-targets", "q,k,v,o,c_fc,c_proj,wte", "--lr", "2e-3")),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 

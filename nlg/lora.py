@@ -11,7 +11,10 @@ matmul, then ``x W``, onto which one thin in-place matmul adds the B blocks (in 
 the bias: no per-slice work and a single pass over the output for bias and update.
 
 Targets: ``q``, ``k``, ``v`` (slices of ``attn.c_attn``), ``o`` (``attn.c_proj``), ``c_fc`` and ``c_proj`` (the
-MLP's; aliases ``fc``, ``mlp.c_fc``, ``mlp_proj``, ``mlp.c_proj``).
+MLP's; aliases ``fc``, ``mlp.c_fc``, ``mlp_proj``, ``mlp.c_proj``), and ``wte``: the token embedding, with loralib's
+``Embedding`` update (``LoRAEmbedding``). GPT-2 ties its LM head to that matrix, so the head reads the same
+``W + ΔW`` (``LoRATiedHead``) and merging folds ΔW into the one shared matrix. The paper adapts attention only;
+``wte`` is for a base model that never saw a task's words (one pretrained here on a small corpus).
 
 Initialisation follows the authors' code: A Kaiming-uniform (a = sqrt 5, fan-in = in features, as for
 ``nn.Linear``), B = 0. Their ``GPT2Model`` deep-copies one block into every layer, so every layer starts from the
@@ -23,16 +26,18 @@ import math
 from typing import Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from nlg.mkl_prepack import frozen_mm
 
 ATTN_SLICES = {"q": 0, "k": 1, "v": 2}
-TARGET_ORDER = ("q", "k", "v", "o", "c_fc", "c_proj")
+TARGET_ORDER = ("q", "k", "v", "o", "c_fc", "c_proj", "wte")
 _ALIASES = {
     "query": "q", "key": "k", "value": "v", "attn.c_proj": "o", "out": "o",
     "fc": "c_fc", "mlp.c_fc": "c_fc", "mlp_proj": "c_proj", "mlp.c_proj": "c_proj",
+    "embedding": "wte", "transformer.wte": "wte",
 }
 
 
@@ -73,7 +78,7 @@ def normalize_targets(targets: Iterable[str] | str) -> tuple[str, ...]:
             raise LoRAError(f"unknown LoRA target {raw!r}; expected any of {', '.join(TARGET_ORDER)}")
         out.add(name)
     if not out:
-        raise LoRAError("no LoRA target given (expected any of q,k,v,o,c_fc,c_proj)")
+        raise LoRAError(f"no LoRA target given (expected any of {','.join(TARGET_ORDER)})")
     return tuple(t for t in TARGET_ORDER if t in out)
 
 
@@ -200,6 +205,93 @@ class LoRAConv1D(Conv1D):
         return conv
 
 
+class LoRAEmbedding(nn.Embedding):
+    """GPT-2's token embedding plus loralib's ``Embedding`` update: ``ΔW = (B A)^T · alpha / r`` (vocab × d), with
+    ``lora_A`` r × vocab (zeros) and ``lora_B`` d × r (standard normal), as loralib initialises them. A lookup
+    adds row ``ΔW[id]``; no dropout on ids (loralib has none there either). It keeps the base ``weight``
+    Parameter (frozen, same name), so the tied LM head still shares it."""
+
+    def __init__(self, base: nn.Embedding, rank: int, alpha: float):
+        nn.Module.__init__(self)
+        if not isinstance(rank, int) or rank <= 0:
+            raise LoRAError(f"LoRA rank must be a positive integer, got {rank!r}")
+        self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
+        self.padding_idx, self.max_norm, self.norm_type = base.padding_idx, base.max_norm, base.norm_type
+        self.scale_grad_by_freq, self.sparse = base.scale_grad_by_freq, base.sparse
+        self.weight = base.weight
+        self.rank, self.alpha = rank, float(alpha)
+        self.scaling = self.alpha / rank
+        self.lora_A = nn.Parameter(self.weight.new_zeros(rank, self.num_embeddings))
+        self.lora_B = nn.Parameter(self.weight.new_empty(self.embedding_dim, rank))
+        nn.init.normal_(self.lora_B)
+        self.merged = False
+
+    def __repr__(self) -> str:
+        return (f"LoRAEmbedding({self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, "
+                f"alpha={self.alpha:g}, merged={self.merged})")
+
+    def delta_weight(self) -> torch.Tensor:
+        """scaling · (B A)^T, laid out like ``weight`` (vocab × d)."""
+        return (self.lora_B @ self.lora_A).t() * self.scaling
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = F.embedding(ids, self.weight)
+        if self.merged:
+            return out
+        return out + (F.embedding(ids, self.lora_A.t()) @ self.lora_B.t()) * self.scaling
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits against the adapted tied matrix: ``h (W + ΔW)^T = h W^T + scaling · (h B) A``."""
+        logits = F.linear(hidden, self.weight)
+        if self.merged:
+            return logits
+        return logits + ((hidden @ self.lora_B) @ self.lora_A) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W += ΔW: the one matrix the embedding and the tied head share."""
+        if not self.merged:
+            self.weight.add_(self.delta_weight().to(self.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight.sub_(self.delta_weight().to(self.weight.dtype))
+            self.merged = False
+
+    def to_embedding(self) -> nn.Embedding:
+        """A plain ``nn.Embedding`` sharing this module's weight (merge first to keep the update)."""
+        with torch.device("meta"):
+            plain = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx)
+        plain.weight = self.weight
+        return plain
+
+
+class LoRATiedHead(nn.Linear):
+    """GPT-2's LM head (tied to ``wte``) reading the adapted matrix of a ``LoRAEmbedding``; it owns no tensors."""
+
+    def __init__(self, base: nn.Linear, embedding: LoRAEmbedding):
+        nn.Module.__init__(self)
+        if base.weight is not embedding.weight or base.bias is not None:
+            raise LoRAError("LoRA on wte needs GPT-2's tied, bias-free LM head (lm_head.weight is wte.weight)")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, None
+        self.__dict__["embedding"] = embedding  # not a submodule: its tensors are transformer.wte's
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.embedding.head(hidden)
+
+    def to_linear(self) -> nn.Linear:
+        with torch.device("meta"):
+            plain = nn.Linear(self.in_features, self.out_features, bias=False)
+        plain.weight = self.weight
+        return plain
+
+
+LORA_LAYERS = (LoRAConv1D, LoRAEmbedding)
+
+
 def _layer_sites(block: nn.Module, targets: tuple[str, ...]) -> list[tuple[nn.Module, str, int, tuple[int, ...]]]:
     """(parent, attribute, n_slices, slices) for each module of one GPT-2 block that the targets adapt."""
     sites = []
@@ -230,7 +322,7 @@ def inject_lora(
     targets = normalize_targets(targets)
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise LoRAError(f"LoRA rank must be a positive integer, got {rank!r}")
-    if any(isinstance(m, LoRAConv1D) for m in model.modules()):
+    if any(isinstance(m, LORA_LAYERS) for m in model.modules()):
         raise LoRAError("the model already has LoRA layers")
     for p in model.parameters():
         p.requires_grad_(False)
@@ -249,13 +341,19 @@ def inject_lora(
                 else:
                     first[key] = layer
             setattr(parent, attr, layer)
+    if "wte" in targets:
+        tr = model.transformer
+        if model.lm_head.weight is not tr.wte.weight:
+            raise LoRAError("LoRA on wte needs GPT-2's tied LM head (lm_head.weight is transformer.wte.weight)")
+        tr.wte = LoRAEmbedding(tr.wte, rank, alpha)
+        model.lm_head = LoRATiedHead(model.lm_head, tr.wte)
     return model
 
 
-def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRAConv1D]]:
+def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRAConv1D | LoRAEmbedding]]:
     """(qualified name, module) for every LoRA layer, in model order."""
     for name, module in model.named_modules():
-        if isinstance(module, LoRAConv1D):
+        if isinstance(module, LORA_LAYERS):
             yield name, module
 
 
@@ -274,11 +372,13 @@ def lora_settings(model: nn.Module) -> dict:
             targets.add("c_fc")
         elif name.endswith("mlp.c_proj"):
             targets.add("c_proj")
+        elif isinstance(m, LoRAEmbedding):
+            targets.add("wte")
     ranks = {m.rank for _, m in found}
     alphas = {m.alpha for _, m in found}
     if len(ranks) != 1 or len(alphas) != 1:
         raise LoRAError(f"LoRA layers have mixed ranks {sorted(ranks)} / alphas {sorted(alphas)}")
-    drop = found[0][1].lora_dropout
+    drop = next((m.lora_dropout for _, m in found if isinstance(m, LoRAConv1D)), None)
     return {
         "rank": ranks.pop(),
         "alpha": alphas.pop(),
@@ -306,7 +406,10 @@ def strip_lora(model: nn.Module) -> nn.Module:
     merge_lora(model)
     for name, m in list(lora_modules(model)):
         parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, m.to_conv1d())
+        plain = m.to_embedding() if isinstance(m, LoRAEmbedding) else m.to_conv1d()
+        setattr(model.get_submodule(parent_name), attr, plain)
+    if isinstance(getattr(model, "lm_head", None), LoRATiedHead):
+        model.lm_head = model.lm_head.to_linear()
     return model
 
 

@@ -41,6 +41,7 @@ from nlg.tokenizer import EOS_ID, get_tokenizer
 
 INFO_FILE = "pretrain.json"
 CORPUS_KINDS = ("shared", "generated")
+PRECISION_CHOICES = ("auto", "bf16", "fp32", "fp16")
 
 
 class PretrainError(RuntimeError):
@@ -49,6 +50,25 @@ class PretrainError(RuntimeError):
 
 def cache_root() -> Path:
     return Path(os.environ.get("NLG_CACHE_DIR") or Path.home() / ".cache" / "nlg-lora") / "pretrained"
+
+
+def native_bf16() -> bool:
+    """True where the device the trainer picks (this process's GPU, else the CPU) multiplies bf16 in hardware."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def resolve_precision(cfg: PretrainConfig) -> PretrainConfig:
+    """``cfg`` with ``precision="auto"`` replaced by what this machine runs fastest (bf16 when native, else fp32)."""
+    if cfg.precision not in PRECISION_CHOICES:
+        raise PretrainError(f"unknown --precision {cfg.precision!r}; expected one of {', '.join(PRECISION_CHOICES)}")
+    if cfg.precision != "auto":
+        return cfg
+    return dataclasses.replace(cfg, precision="bf16" if native_bf16() else "fp32")
 
 
 def recipe_key(cfg: PretrainConfig, fingerprint: str) -> str:
@@ -142,6 +162,7 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
 
     if cfg.card not in CARDS:
         raise PretrainError(f"unknown --card {cfg.card!r}; expected one of {', '.join(CARDS)}")
+    cfg = resolve_precision(cfg)
     corpus = load_corpus(cfg, data_dir)
     folder = Path(root) if root else cache_root() / recipe_key(cfg, corpus.fingerprint())
     model_dir = folder / "model"
@@ -200,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = PretrainConfig()
     for f in dataclasses.fields(PretrainConfig):
         kind = type(getattr(defaults, f.name))
-        choices = CORPUS_KINDS if f.name == "corpus" else (tuple(CARDS) if f.name == "card" else None)
+        choices = {"corpus": CORPUS_KINDS, "card": tuple(CARDS), "precision": PRECISION_CHOICES}.get(f.name)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(defaults, f.name),
                        choices=choices, help=f"(default {getattr(defaults, f.name)!r})")
     p.add_argument("--data-dir", default=None, help=f"raw WebNLG / DART folders (default {SHARED_DATA})")

@@ -559,12 +559,12 @@ class Trainer:
     def _finish(self) -> None:
         p = self.progress
         if self.dist.is_main:
-            from nlg.adapter_io import PEFT_METHODS, export_peft, save_adapter
+            from nlg.adapter_io import export_peft, peft_unexportable, save_adapter
 
             chosen = self.selection()
             self._load_selected(chosen)  # the adapter and the PEFT export hold the same selected weights
             save_adapter(self.model, self.cfg, self.run_dir / "adapter", checkpoint=chosen)
-            if self.cfg.method in PEFT_METHODS:
+            if peft_unexportable(self.cfg) is None:
                 export_peft(self.model, self.cfg, self.run_dir / "peft_adapter")
             write_json(self.run_dir / "train_summary.json", {
                 "trainable_params": sum(t.numel() for t in self.params),
@@ -620,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=help_text)
         elif f.name == "lora_targets":
             p.add_argument(_flag(f.name), type=lambda s: tuple(t.strip() for t in s.split(",") if t.strip()),
-                           help="comma-separated subset of q,k,v,o,c_fc,c_proj (default q,v)")
+                           help="comma-separated subset of q,k,v,o,c_fc,c_proj,wte (default q,v; wte: the tied "
+                                "token embedding)")
         else:
             base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
             kind = base[0] if isinstance(base[0], type) else str

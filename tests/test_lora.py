@@ -281,3 +281,82 @@ def test_bf16_autocast_forward_and_backward(tiny_model):
     layer = tiny_model.transformer.h[0].attn.c_attn
     assert layer.lora_A.dtype == torch.float32 and layer.lora_A.grad.dtype == torch.float32
     assert torch.count_nonzero(layer.lora_A.grad) > 0 and torch.count_nonzero(layer.lora_B.grad) > 0
+
+
+# ---------------------------------------------------------------- LoRA on the tied token embedding (target wte)
+
+
+def _randomise_embedding_a(model, std=0.05, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        a = model.transformer.wte.lora_A
+        a.copy_(torch.randn(a.shape, generator=g, dtype=a.dtype) * std)
+
+
+def test_wte_lora_is_loralib_embedding_read_by_both_ends_of_the_tied_matrix(tiny_model):
+    """Lookup and LM head both use W + (B A)^T α/r, checked in float64 (no float32 kernel freedom to bound)."""
+    model = tiny_model.double()
+    inject_lora(model, rank=3, alpha=12, targets=("q", "v", "wte"))
+    emb, head = model.transformer.wte, model.lm_head
+    assert emb.lora_A.shape == (3, 50257) and emb.lora_B.shape == (64, 3)  # loralib's Embedding layout
+    assert torch.count_nonzero(emb.lora_A) == 0 and emb.lora_B.std() > 0.5  # A = 0, B ~ N(0, 1): starts at W
+    _randomise_embedding_a(model)
+    adapted = emb.weight + (emb.lora_B @ emb.lora_A).T * (12 / 3)
+    ids, _ = _inputs()
+    assert torch.allclose(emb(ids), adapted[ids], rtol=0, atol=1e-12)
+    hidden = torch.randn(5, 64, dtype=torch.float64)
+    assert torch.allclose(head(hidden), hidden @ adapted.T, rtol=0, atol=1e-12)
+    assert [n for n, p in model.named_parameters() if p.requires_grad][:2] == ["transformer.wte.lora_A",
+                                                                              "transformer.wte.lora_B"]
+    assert lora_settings(model)["targets"] == ("q", "v", "wte")
+
+
+def test_wte_lora_merge_unmerge_strip_keep_outputs_and_the_tie(tiny_model):
+    model = tiny_model.double()
+    ids, pos = _inputs()
+    inject_lora(model, rank=2, alpha=8, targets=ALL + ("wte",))
+    _randomise_b(model, std=0.05)
+    _randomise_embedding_a(model)
+    model.eval()
+    unmerged = _logits(model, ids, pos)
+    base_w = model.transformer.wte.weight.detach().clone()
+    merge_lora(model)
+    assert torch.allclose(_logits(model, ids, pos), unmerged, rtol=0, atol=1e-10)
+    unmerge_lora(model)
+    assert torch.allclose(model.transformer.wte.weight, base_w, rtol=0, atol=1e-14)
+    strip_lora(model)
+    assert type(model.transformer.wte) is torch.nn.Embedding and type(model.lm_head) is torch.nn.Linear
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert torch.allclose(_logits(model, ids, pos), unmerged, rtol=0, atol=1e-10)
+
+
+def test_wte_lora_trains_through_the_packed_loss_and_counts_r_times_vocab_plus_d(tiny_model):
+    from nlg.loss import MaskedLMLoss
+
+    cfg = TrainConfig(model="tiny", rank=2, lora_targets=("q", "v", "wte"))
+    get_method("lora").apply(tiny_model, cfg)
+    assert count_trainable(tiny_model) == 2 * (2 * 2 * 64 * 2) + 2 * (50257 + 64)
+    assert get_method("lora").paper_param_count(cfg, tiny_model.config) == count_trainable(tiny_model)
+    ids, pos = _inputs()
+    loss_fn = MaskedLMLoss(tiny_model)
+    assert loss_fn.packed  # the stock stack still runs packed; the head takes the plain (unfused) path
+    loss = loss_fn(ids, pos, ids, torch.ones(ids.shape), lengths=torch.tensor([ids.shape[1]] * ids.shape[0]))
+    loss.backward()
+    emb = tiny_model.transformer.wte
+    assert emb.lora_A.grad.abs().sum() > 0 and emb.weight.grad is None
+    assert set(lora_state_dict(tiny_model)) >= {"transformer.wte.lora_A", "transformer.wte.lora_B"}
+
+
+def test_wte_lora_needs_a_tied_head_and_has_no_peft_export(tiny_model):
+    from nlg.adapter_io import export_peft, peft_unexportable
+
+    untied = build_random("tiny", seed=0)
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    with pytest.raises(LoRAError, match="tied"):
+        inject_lora(untied, targets=("wte",))
+    cfg = TrainConfig(model="tiny", lora_targets=("q", "v", "wte"))
+    assert "tied LM head" in peft_unexportable(cfg)
+    assert peft_unexportable(TrainConfig(model="tiny")) is None
+    get_method("lora").apply(tiny_model, cfg)
+    with pytest.raises(ValueError, match="no equal PEFT adapter"):
+        export_peft(tiny_model, cfg, "unused")

@@ -56,9 +56,11 @@ def for_inference(model: nn.Module) -> nn.Module:
 
 
 def paper_param_count(cfg, model_config) -> int:
-    """|Θ| = Σ over adapted matrices of r·(d_in + d_out); for the paper's square W_q, W_v: 2 · L̂ · d_model · r."""
+    """|Θ| = Σ over adapted matrices of r·(d_in + d_out); for the paper's square W_q, W_v: 2 · L̂ · d_model · r
+    (``wte``, once for the whole model: r·(vocab + d_model))."""
     d = model_config.n_embd
     inner = getattr(model_config, "n_inner", None) or 4 * d
     per_layer = {"q": (d, d), "k": (d, d), "v": (d, d), "o": (d, d), "c_fc": (d, inner), "c_proj": (inner, d)}
     targets = normalize_targets(cfg.lora_targets)
-    return model_config.n_layer * sum(cfg.rank * sum(per_layer[t]) for t in targets)
+    embedding = cfg.rank * (model_config.vocab_size + d) if "wte" in targets else 0
+    return model_config.n_layer * sum(cfg.rank * sum(per_layer[t]) for t in targets if t != "wte") + embedding
