@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from nlg.io_utils import write_json
+from nlg.io_utils import permit_as_created, write_json
 
 KEEP = 2
 BEST_DIR = "best"
@@ -73,6 +74,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, trainable: dict[str, 
     final = root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", suffix=".tmp", dir=root))
     try:
+        permit_as_created(tmp, directory=True)
         torch.save({k: v.detach().cpu() for k, v in trainable.items()}, tmp / "trainable.pt")
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(rng, tmp / "rng.pt")
@@ -100,6 +102,7 @@ def save_best(run_dir: str | os.PathLike, trainable: dict[str, torch.Tensor], in
     tmp = Path(tempfile.mkdtemp(prefix=f".{BEST_DIR}.", suffix=".tmp", dir=root))
     old = None
     try:
+        permit_as_created(tmp, directory=True)
         torch.save({k: v.detach().cpu() for k, v in trainable.items()}, tmp / "trainable.pt")
         write_json(tmp / BEST_INFO, info)
         _fsync_dir(tmp)
@@ -154,6 +157,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "rng": torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
         "state": json.loads((path / "state.json").read_text(encoding="utf-8")),
     }
+
+
+def load_latest_complete(run_dir: str | os.PathLike, say=print) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads, with its contents; one that fails to load (truncated by a crash or a full
+    disk) is reported through ``say`` and the previous one tried. None when no checkpoint loads."""
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            say(f"{path}: cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                "falling back to the previous checkpoint")
+    return None
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove ``checkpoints/.step-N.*.tmp`` and ``.best.*.tmp`` folders a killed run left; call it holding the
+    run folder's lock (no other writer can own them then). Returns what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    stale = sorted(root.glob(".step-*.tmp")) + sorted(root.glob(f".{BEST_DIR}.*.tmp")) if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def _fsync_dir(path: Path) -> None:

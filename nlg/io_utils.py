@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -18,6 +19,27 @@ class InputFileError(ValueError):
         self.path, self.line = str(path), line
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def permit_as_created(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a file or folder made by ``mkstemp``/``mkdtemp`` (always 0600/0700) the mode ``open``/``mkdir`` would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes: the fingerprint runs record of their inputs."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Write to a temporary file beside ``path`` and rename it into place only if the block succeeds."""
@@ -26,6 +48,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        permit_as_created(tmp)
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
         with open(tmp, mode, **kwargs) as handle:
             yield handle

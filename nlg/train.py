@@ -37,11 +37,12 @@ from tqdm import tqdm
 from nlg import distributed as dist_utils
 from nlg import packed as packed_path
 from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, read_encoded, total_steps, valid_batches
-from nlg.checkpoint import (latest_checkpoint, load_best, load_checkpoint, rng_state, save_best, save_checkpoint,
+from nlg.checkpoint import (latest_checkpoint, load_best, load_latest_complete, remove_stale_temporaries, rng_state,
+                            save_best, save_checkpoint,
                             set_rng_state)
 from nlg.config import (DATASETS, METHODS, PRETRAIN_DATASET, TrainConfig, default_data_dir, load_recipe_file,
                         paper_train_config)
-from nlg.io_utils import RunLock, RunLockedError, atomic_open, write_json
+from nlg.io_utils import RunLock, RunLockedError, atomic_open, file_sha256, read_json_object, write_json
 from nlg.loss import MaskedLMLoss
 from nlg.tensorboard_log import REPORT_TO, TensorBoardUnavailable, open_mirror
 from nlg.tensorboard_log import check_available as check_tensorboard
@@ -157,6 +158,23 @@ def _check_resume_config(cfg: TrainConfig, run: Path) -> None:
                          + "\n  ".join(diffs))
 
 
+def data_fingerprints(cfg: TrainConfig) -> dict[str, str]:
+    """sha256 of the training and dev files, recorded in ``recipe.json`` so ``--resume`` can refuse changed data."""
+    return {"train_data": file_sha256(cfg.train_data), "valid_data": file_sha256(cfg.valid_data)}
+
+
+def _check_resume_data(cfg: TrainConfig, run: Path) -> None:
+    """A resumed run continues bit for bit only on the data it started with (the path may move, not the bytes)."""
+    saved = read_json_object(run / "recipe.json").get("data_sha256")
+    if not isinstance(saved, dict):  # a run folder from before fingerprints were recorded: nothing to compare
+        return
+    for key, now in data_fingerprints(cfg).items():
+        if saved.get(key) not in (None, now):
+            raise TrainError(f"{getattr(cfg, key)}: changed since the run started (sha256 {saved[key][:12]}… then, "
+                             f"{now[:12]}… now); --resume would not continue the same run: restore the file, or "
+                             "pass --overwrite to train again on the new data")
+
+
 def _is_synthetic(train_data: str) -> bool:
     """The synthetic E2E sample marks its folders with ``synthetic.json``."""
     folder = Path(train_data).resolve().parent
@@ -225,7 +243,11 @@ class Trainer:
         if self.dist.is_main:
             try:
                 self.lock = RunLock(self.run_dir, "train").acquire()
+                for stale in remove_stale_temporaries(self.run_dir):  # under the lock: no writer owns them
+                    self.info(f"removed {stale}, left half-written by an earlier run that was stopped")
                 decision = _decide_start(cfg, overwrite)
+                if cfg.resume and decision[0] == "fresh" and not overwrite:
+                    self.info(f"--resume: {self.run_dir} has no checkpoint yet; starting the run from step 0")
             except (TrainError, RunLockedError) as exc:
                 decision = ("error", str(exc))
         decision = dist_utils.broadcast_object(decision)
@@ -250,6 +272,7 @@ class Trainer:
             return
         if self.mode == "resume":
             _check_resume_config(cfg, self.run_dir)
+            _check_resume_data(cfg, self.run_dir)
 
         self.train_examples = read_encoded(cfg.train_data, cfg.seq_len)
         self.valid_examples = read_encoded(cfg.valid_data, cfg.seq_len)
@@ -313,6 +336,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "train_examples": len(self.train_examples),
             "valid_examples": len(self.valid_examples),
+            "data_sha256": data_fingerprints(cfg),
         })
         self.info(count_line(cfg, self.model))  # exact counts next to the paper's formula and Table 3 figure
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -347,7 +371,12 @@ class Trainer:
         dist_utils.barrier()
 
     def _restore(self, path: Path) -> None:
-        ck = load_checkpoint(path)
+        found = load_latest_complete(self.run_dir, say=self.info)
+        if found is None:
+            raise TrainError(f"{path.parent}: no checkpoint loads (each failed above); pass --overwrite to start "
+                             "again")
+        path, ck = found
+        self.ckpt_path = path
         state = ck["state"]
         if state.get("world_size") != self.dist.world:
             raise TrainError(f"{path}: written by {state.get('world_size')} processes, resumed with "

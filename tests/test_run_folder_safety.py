@@ -78,3 +78,92 @@ def test_a_second_writer_stops_at_once_naming_the_holder(tmp_path):
         holder.wait()
     train(_cfg(tmp_path), quiet=True)  # the kernel dropped the dead holder's lock: no stale lock to clean up
     assert (run / "adapter").is_dir()
+
+
+def _stopped_run(tmp_path, data, steps=4, stop_after=4, **kw):
+    """A run of ``steps`` updates stopped after ``stop_after`` (a checkpoint every 2), as if interrupted."""
+    cfg = _cfg(tmp_path, train_data=str(data), valid_data=str(DATA), max_steps=steps, **kw)
+    train(cfg, stop_after=stop_after, quiet=True)
+    return cfg
+
+
+def test_resume_refuses_changed_training_data_naming_the_file_and_both_fingerprints(tmp_path):
+    import dataclasses
+
+    from nlg.io_utils import file_sha256
+
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(DATA.read_bytes())
+    cfg = _stopped_run(tmp_path, data, steps=6, stop_after=2)
+    before = file_sha256(data)
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["data_sha256"]["train_data"] == before
+    data.write_bytes(DATA.read_bytes() * 2)  # 16 -> 32 records: resuming would not continue the same run
+    run_before = _snapshot(tmp_path / "run")
+    with pytest.raises(TrainError) as err:
+        train(dataclasses.replace(cfg, resume=True), quiet=True)
+    message = str(err.value)
+    assert message.startswith(f"{data}: changed since the run started")
+    assert before[:12] in message and file_sha256(data)[:12] in message and "--overwrite" in message
+    assert _snapshot(tmp_path / "run") == run_before  # nothing written
+    data.write_bytes(DATA.read_bytes())  # the same bytes again: the resume goes through
+    train(dataclasses.replace(cfg, resume=True), quiet=True)
+    assert (tmp_path / "run" / "train_summary.json").is_file()
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_complete_one(tmp_path, capsys):
+    import dataclasses
+
+    cfg = _stopped_run(tmp_path, DATA, steps=6, stop_after=4)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-2", "step-4"]
+    blob = (ckpts / "step-4" / "trainable.pt").read_bytes()
+    (ckpts / "step-4" / "trainable.pt").write_bytes(blob[: len(blob) // 2])  # a crash mid-write, a full disk
+    capsys.readouterr()
+    run = train(dataclasses.replace(cfg, resume=True), quiet=True)
+    err = capsys.readouterr().err
+    assert f"{ckpts / 'step-4'}: cannot be loaded" in err and "falling back to the previous checkpoint" in err
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]  # steps 3-4 redone from step 2, once each
+
+    # and the continuation from step 2 is the uninterrupted run's, bit for bit
+    whole = train(dataclasses.replace(cfg, out_dir=str(tmp_path / "whole")), quiet=True)
+    assert (run / "adapter" / "adapter.safetensors").read_bytes() == \
+        (whole / "adapter" / "adapter.safetensors").read_bytes()
+
+
+def test_stale_temporary_checkpoint_folders_are_removed_on_the_next_start(tmp_path, capsys):
+    import dataclasses
+
+    cfg = _stopped_run(tmp_path, DATA, steps=4, stop_after=2)
+    ckpts = tmp_path / "run" / "checkpoints"
+    stale = [ckpts / ".step-4.abc123.tmp", ckpts / ".best.def456.tmp"]
+    for folder in stale:
+        folder.mkdir()
+        (folder / "trainable.pt").write_bytes(b"half")
+    capsys.readouterr()
+    train(dataclasses.replace(cfg, resume=True), quiet=True)
+    assert not any(p.exists() for p in stale)
+    assert f"removed {stale[0]}" in capsys.readouterr().err
+
+
+def test_resume_with_nothing_to_resume_says_it_starts_from_step_0(tmp_path, capsys):
+    train(_cfg(tmp_path, resume=True), quiet=True)
+    assert "has no checkpoint yet; starting the run from step 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_outputs_get_the_users_umask_not_mkstemps_0600(tmp_path, mask):
+    import os
+    import stat
+
+    from nlg.io_utils import write_json
+
+    old = os.umask(mask)
+    try:
+        write_json(tmp_path / "out.json", {"a": 1})
+        run = train(_cfg(tmp_path), quiet=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((run / "recipe.json").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((run / "checkpoints" / "step-2").stat().st_mode) == 0o777 & ~mask
