@@ -219,6 +219,21 @@ class DecodeConfig:
     seq_len: int = 512
     batch_size: int = 16
 
+    def check(self) -> None:
+        """Refuse settings the search cannot honour (before any model is loaded): a ValueError naming the flag."""
+        for name in ("beam", "max_new_tokens", "seq_len", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("no_repeat_ngram_size", "min_length"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"--length-penalty must be a finite number, got {self.length_penalty!r}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ValueError(f"--repetition-penalty must be a finite number > 0, got {self.repetition_penalty!r}")
+        if not self.eos_token_ids:
+            raise ValueError("--eos-token-ids: at least one end token is needed")
+
 
 # Per-dataset differences from the E2E recipe (paper Table 11).
 _TRAIN_OVERRIDES: dict[str, dict] = {

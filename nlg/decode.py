@@ -4,7 +4,10 @@
   line (``\\n\\n``), then stripped; references get the same cut;
 - references are grouped by identical context string, in first-seen order; a group's hypothesis is the prediction
   of its last record in prediction-file order;
-- E2E: ``references.txt`` (each group's references, one per line, then a blank line) and ``hypothesis.txt``;
+- E2E: ``references.txt`` (each group's references, one per line, then a blank line) and ``hypothesis.txt``; a
+  line break inside a text (a predicted ``\\n`` token: the authors' files would then split one hypothesis over
+  two lines and the scorer's counts no longer match) is written as one space (``one_line``), so decode and score
+  always agree on counts; texts without one are written unchanged;
 - WebNLG and DART: ``reference0 .. reference{N-1}`` (a group with fewer references repeats its first) and
   ``hypothesis``, lower-cased then tokenised with ``re.split('(\\W)')`` (on by default for both, as the authors
   always ran them); WebNLG is written three times, for all, seen (``cate`` true) and unseen categories.
@@ -69,6 +72,11 @@ def cut_text(text: str) -> str:
 
 def hypothesis_text(ids: Sequence[int]) -> str:
     return cut_text(ids_to_text(ids))
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break (and the spaces around it) replaced by one space: one record, one line."""
+    return re.sub(r"[ \t]*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+[ \t]*", " ", text)
 
 
 def tokenize_lower(sent: str, tokenize: bool = True, lower: bool = True) -> str:
@@ -153,9 +161,9 @@ def write_e2e(out_dir: Path, groups: Sequence[Group], tokenize: bool = False, lo
     with atomic_open(ref_path) as refs, atomic_open(hyp_path) as hyps:  # both renamed into place, or neither
         for g in groups:
             for r in g.references:
-                refs.write(tokenize_lower(r, tokenize, lower) + "\n")
+                refs.write(one_line(tokenize_lower(r, tokenize, lower)) + "\n")
             refs.write("\n")
-            hyps.write(tokenize_lower(g.hypothesis, tokenize, lower) + "\n")
+            hyps.write(one_line(tokenize_lower(g.hypothesis, tokenize, lower)) + "\n")
     return [ref_path, hyp_path]
 
 

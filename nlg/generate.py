@@ -128,6 +128,7 @@ def generate(
         raise GenerateError(f"dataset {dataset!r}: pass --dataset (one of {', '.join(DATASETS)}) "
                             f"or a run folder whose recipe.json names it")
     cfg = cfg or paper_decode_config(dataset)
+    cfg.check()
     data = Path(data) if data else default_data_dir(dataset) / f"{split}.jsonl"
     output = Path(output) if output else run_dir / f"predictions.{split}.jsonl"
     check_output(output)  # before hours of beam search, not after

@@ -289,6 +289,9 @@ class Trainer:
         random.seed(cfg.seed)
         self.method = get_method(cfg.method)
         model = load_model(cfg.model)  # a random test model is built with load_model's own seed, as decoding does
+        if cfg.seq_len > model.config.n_positions:
+            raise TrainError(f"--seq-len {cfg.seq_len} exceeds the model's {model.config.n_positions} positions "
+                             f"({cfg.model}); use --seq-len {model.config.n_positions} or less")
         torch.manual_seed(cfg.seed)  # the method's initialisation does not depend on how the base was built
         model = self.method.apply(model, cfg)
         fuse_gelu(model)

@@ -150,3 +150,16 @@ def test_shared_splits_byte_identical_to_the_authors_decoder(dataset, shared_dat
             assert hashlib.sha256(path.read_bytes()).hexdigest() == digests[key], key
             checked += 1
     assert checked == {"e2e": 4, "webnlg": 42, "dart": 14}[dataset]
+
+
+def test_e2e_line_break_in_a_hypothesis_becomes_one_space_so_counts_match(tmp_path):
+    """A predicted single newline (id 198) would split one hypothesis over two lines of the authors' file."""
+    nl = 198
+    fmt = _jsonl(tmp_path / "f.jsonl", [{"context": "name : A", "completion": "A is a pub ."},
+                                        {"context": "name : B", "completion": "B is\n a cafe ."}])
+    line_break = encode(" A is a pub .") + [nl] + encode("It is cheap .")
+    preds = _jsonl(tmp_path / "p.jsonl", [{"id": 0, "predict": line_break}, _pred(1, " B hyp")])
+    out = tmp_path / "eval"
+    decode_split("e2e", fmt, preds, out)
+    assert (out / "hypothesis.txt").read_text() == "A is a pub . It is cheap .\nB hyp\n"
+    assert (out / "references.txt").read_text() == "A is a pub .\n\nB is a cafe .\n\n"

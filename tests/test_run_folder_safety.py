@@ -167,3 +167,24 @@ def test_outputs_get_the_users_umask_not_mkstemps_0600(tmp_path, mask):
     assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o666 & ~mask
     assert stat.S_IMODE((run / "recipe.json").stat().st_mode) == 0o666 & ~mask
     assert stat.S_IMODE((run / "checkpoints" / "step-2").stat().st_mode) == 0o777 & ~mask
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--length-penalty", "nan", "--length-penalty must be a finite number, got nan"),
+    ("--length-penalty", "inf", "--length-penalty must be a finite number, got inf"),
+    ("--beam", "0", "--beam must be an integer >= 1, got 0"),
+    ("--repetition-penalty", "-1", "--repetition-penalty must be a finite number > 0, got -1.0"),
+])
+def test_generate_refuses_bad_search_settings_before_loading_anything(tmp_path, capsys, flag, value, message):
+    from nlg.generate import main as generate_main
+
+    argv = ["--run-dir", str(tmp_path / "no-run"), "--dataset", "e2e", "--model", "tiny", flag, value, "--quiet"]
+    assert generate_main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "no-run").exists()
+
+
+def test_a_seq_len_beyond_the_models_positions_is_refused_before_training(tmp_path):
+    with pytest.raises(TrainError, match=r"--seq-len 2048 exceeds the model's 1024 positions \(tiny\)"):
+        train(_cfg(tmp_path, seq_len=2048), quiet=True)
+    assert not (tmp_path / "run" / "recipe.json").exists()
