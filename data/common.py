@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from nlg.io_utils import InputFileError, atomic_open
+from nlg.io_utils import InputFileError, atomic_group, atomic_open
 from nlg.tokenizer import EOS_ID, get_tokenizer
 
 SPLITS = ("train", "valid", "test")
@@ -101,6 +101,13 @@ def check_record(record: Record, path: Path, where: str) -> Record:
     return record
 
 
+def warn_unused(path: Path, what: str, wheres: Sequence[str], consequence: str) -> None:
+    """One stderr line for inputs a converter does not turn into records (or keeps empty): count, first ids."""
+    if wheres:
+        shown = ", ".join(wheres[:3]) + (f", ... ({len(wheres) - 3} more)" if len(wheres) > 3 else "")
+        print(f"warning: {path}: {len(wheres)} {what} ({shown}): {consequence}", file=sys.stderr)
+
+
 def encode_records(records: Sequence[Record], vocab=None, desc: str = "encode") -> list[dict]:
     """The authors' ``gpt2_encode.py --add_bos --add_eos``: ids(context)+[50256], ids(" "+completion)+[50256]."""
     tok = get_tokenizer(vocab)
@@ -115,19 +122,20 @@ def encode_records(records: Sequence[Record], vocab=None, desc: str = "encode") 
     return out
 
 
-def _write_lines(path: Path, records: Iterable[dict]) -> None:
-    with atomic_open(path) as handle:
-        for rec in records:
-            handle.write(json.dumps(rec) + "\n")
+def _write_lines(handle, records: Iterable[dict]) -> None:
+    for rec in records:
+        handle.write(json.dumps(rec) + "\n")
 
 
 def write_split(out_dir: str | os.PathLike, split: str, records: Sequence[Record], vocab=None) -> tuple[Path, Path]:
-    """Write ``<split>_formatted.jsonl`` and ``<split>.jsonl``; each appears only complete (temp file + rename)."""
+    """Write ``<split>_formatted.jsonl`` and ``<split>.jsonl`` as a pair: both are written to temporary files
+    first and renamed into place only when both are complete, so a failure (a full disk) leaves the old pair."""
     out_dir = Path(out_dir)
     encoded = encode_records(records, vocab, desc=f"encode {split}")
     formatted_path, encoded_path = out_dir / f"{split}_formatted.jsonl", out_dir / f"{split}.jsonl"
-    _write_lines(formatted_path, records)
-    _write_lines(encoded_path, encoded)
+    with atomic_group([formatted_path, encoded_path]) as (formatted_handle, encoded_handle):
+        _write_lines(formatted_handle, records)
+        _write_lines(encoded_handle, encoded)
     return formatted_path, encoded_path
 
 

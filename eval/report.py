@@ -64,7 +64,25 @@ def load_run(run_dir: str | Path, split: str = "test") -> dict:
     run["paper_param_count"] = recipe.get("paper_param_count")
     run["metrics"] = flatten_metrics(scores.get("metrics"))
     run["extra"] = scores.get("extra") or {}
+    run["stale"] = stale_outputs(run_dir, split)
     return run
+
+
+def stale_outputs(run_dir: Path, split: str = "test") -> list[str]:
+    """Each output older than what it was made from (scores before the predictions they claim to score, ...):
+    a report must not show them as current."""
+    chain = [run_dir / "adapter" / "adapter.safetensors", run_dir / f"predictions.{split}.jsonl",
+             run_dir / "eval" / split, run_dir / f"scores.{split}.json"]
+    present = [p for p in chain if p.exists()]
+
+    def mtime(p: Path) -> float:
+        return max([p.stat().st_mtime] + [c.stat().st_mtime for c in p.rglob("*")]) if p.is_dir() else p.stat().st_mtime
+
+    out = []
+    for made_from, made in zip(present, present[1:]):
+        if mtime(made) < mtime(made_from):
+            out.append(f"{made.relative_to(run_dir)} is older than {made_from.relative_to(run_dir)}")
+    return out
 
 
 def extra_lines(extra: dict) -> list[str]:
@@ -273,6 +291,9 @@ def render_markdown(runs: list[dict], chart: str | None, groups: list[dict] | No
         lines += ["", f"## {r['name']}", ""]
         if r["missing"]:
             lines += [f"Missing: {', '.join(r['missing'])}.", ""]
+        if r.get("stale"):
+            lines += [f"⚠️ **Stale**: {'; '.join(r['stale'])}: these scores may not be of this run's current "
+                      "outputs; re-run the later stages (the pipeline redoes them when their inputs changed).", ""]
         if data_line(r):
             lines += [data_line(r), ""]
         s = r["summary"] or {}

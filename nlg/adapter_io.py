@@ -434,6 +434,16 @@ def export_authors_checkpoint(model, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------- CLI
 
 
+def refuse_to_replace(out: Path, overwrite: bool) -> None:
+    """``--out`` must not already hold an adapter (a trained run's ``adapter/``, say) unless ``--overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    held = [name for name in dict.fromkeys((ADAPTER_FILE, CONFIG_FILE, PEFT_WEIGHTS, PEFT_CONFIG)) if (out / name).exists()]
+    if held and not overwrite:
+        raise ValueError(f"{out}: already holds {', '.join(held)} (a trained adapter?); pass --overwrite to "
+                         "replace it, or choose another --out")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nlg.adapter_io",
                                      description="Convert and inspect adapter files (no base weights needed).")
@@ -445,12 +455,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("adapter", help="run folder, adapter folder, or authors' .pt")
         if name != "info":
             p.add_argument("--out", required=True, help="folder to write")
+            p.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
         p.add_argument("--base-model", default=None, help="base model to record (default: the adapter's own, or "
                                                           "the GPT-2 card of an authors' checkpoint's shape)")
         p.add_argument("--lora-alpha", type=float, default=PAPER_ALPHA,
                        help="alpha for authors' checkpoints, which do not store it (paper: 32)")
     args = parser.parse_args(argv)
     try:
+        if args.cmd != "info":
+            refuse_to_replace(Path(args.out), args.overwrite)
         stored = read_adapter(args.adapter, base_model=args.base_model, lora_alpha=args.lora_alpha,
                               need_base=args.cmd != "info")
         cfg = stored.cfg

@@ -17,7 +17,6 @@ CLI: ``python -m nlg.decode --run-dir RUN --dataset D --split test`` writes ``RU
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from nlg.config import DATASETS, REF_NUM, default_data_dir
-from nlg.io_utils import InputFileError, RunLock, RunLockedError, atomic_open, iter_jsonl
+from nlg.io_utils import InputFileError, RunLock, RunLockedError, atomic_group, iter_jsonl
 
 END_TEXT = "<|endoftext|>"
 WEBNLG_FILTERS = ("all", "seen", "unseen")
@@ -158,7 +157,7 @@ def attach_hypotheses(groups: dict[str, Group], contexts: list[str], predictions
 # --------------------------------------------------------------------------------------------- writers
 def write_e2e(out_dir: Path, groups: Sequence[Group], tokenize: bool = False, lower: bool = False) -> list[Path]:
     ref_path, hyp_path = out_dir / "references.txt", out_dir / "hypothesis.txt"
-    with atomic_open(ref_path) as refs, atomic_open(hyp_path) as hyps:  # both renamed into place, or neither
+    with atomic_group([ref_path, hyp_path]) as (refs, hyps):  # both renamed into place, or neither
         for g in groups:
             for r in g.references:
                 refs.write(one_line(tokenize_lower(r, tokenize, lower)) + "\n")
@@ -169,8 +168,8 @@ def write_e2e(out_dir: Path, groups: Sequence[Group], tokenize: bool = False, lo
 
 def write_multi_ref(out_dir: Path, groups: Sequence[Group], ref_num: int, tokenize: bool = True, lower: bool = True) -> list[Path]:
     paths = [out_dir / f"reference{i}" for i in range(ref_num)] + [out_dir / "hypothesis"]
-    with contextlib.ExitStack() as stack:  # every file is renamed into place only if all were written
-        *refs, hyps = [stack.enter_context(atomic_open(p)) for p in paths]
+    with atomic_group(paths) as handles:  # every file is renamed into place only if all were written
+        *refs, hyps = handles
         for g in groups:
             for i, handle in enumerate(refs):
                 ref = g.references[i] if len(g.references) > i else g.references[0]

@@ -61,6 +61,38 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise
 
 
+@contextlib.contextmanager
+def atomic_group(paths: Iterable[str | os.PathLike], encoding: str = "utf-8"):
+    """Text files that appear together or not at all: each is written to a temporary file beside it; only when
+    every one is written, flushed and synced are they renamed into place (a full disk while writing any of them
+    leaves all the old ones). Yields the handles in the order of ``paths``."""
+    paths = [Path(p) for p in paths]
+    temps, handles = [], []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            temps.append(tmp)
+            permit_as_created(tmp)
+            handles.append(open(tmp, "w", encoding=encoding, newline="\n"))
+        yield handles
+        for handle in handles:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+    except BaseException:
+        for handle in handles:
+            with contextlib.suppress(OSError):
+                handle.close()
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
     """Atomically write one JSON object per line; returns the count."""
     n = 0

@@ -1,9 +1,11 @@
 """The paper's protocol for one dataset, end to end, resumable: prepare -> train -> generate -> decode -> score -> report.
 
 Each stage is the project's own CLI run as a subprocess (training and generation through ``torchrun`` when
-``--nproc`` > 1 or several nodes are given), writing only inside one run folder. A stage whose outputs exist is
-skipped and says so; training that was interrupted resumes from its last checkpoint. The per-dataset shell
-scripts in ``scripts/`` are thin shells over this module.
+``--nproc`` > 1 or several nodes are given), writing only inside one run folder. Each finished stage records what
+it was made from in ``stages.json`` (the sha256 of its input files and the settings that change its outputs); a
+re-run skips a stage whose outputs exist and whose inputs are unchanged, and says so; one whose inputs changed is
+redone (the log says which input changed), and so, through their own inputs, is every later stage it feeds. Training that was interrupted resumes
+from its last checkpoint. The per-dataset shell scripts in ``scripts/`` are thin shells over this module.
 
 ``--seeds 110 111 112`` runs the whole protocol once per seed, each in its own folder ``<run-dir>-s<seed>``
 (the trainer gets ``--seed <seed>``), then writes one report over them into ``<run-dir>-seeds/``: every run
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nlg.config import DATASETS, METHODS
-from nlg.io_utils import host_reachable, write_json
+from nlg.io_utils import file_sha256, host_reachable, read_json_object, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("NLG_SHARED_DIR", REPO.parent / "shared")) / "data"
@@ -108,6 +110,61 @@ def run_stage(name: str, cmd: list[str], run_dir: Path, echo: bool = True, env: 
     return seconds
 
 
+# ---------------------------------------------------------------- what each stage was made from
+STAGES_FILE = "stages.json"
+
+
+def stage_inputs(files: dict[str, Path], settings: dict) -> dict:
+    """A stage's record: each input file's sha256 (None when absent) and its output-changing settings."""
+    return {"files": {name: (file_sha256(path) if Path(path).is_file() else None)
+                      for name, path in sorted(files.items())},
+            "settings": json.loads(json.dumps(settings, default=str))}
+
+
+def _changes(old: dict, new: dict) -> list[str]:
+    """What differs between two stage records, for the log ("data/test.jsonl changed", "settings.limits ...")."""
+    out = []
+    for kind in ("files", "settings"):
+        a, b = old.get(kind) or {}, new.get(kind) or {}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(f"{key} changed" if kind == "files" else f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
+
+
+def up_to_date(run_dir: Path, stage: str, inputs: dict, outputs_exist: bool) -> bool:
+    """True when ``stage`` can be skipped: its outputs exist and were made from exactly ``inputs``. A folder from
+    before stage records were kept is trusted (and said so); otherwise a changed input is logged."""
+    if not outputs_exist:
+        return False
+    recorded = (read_json_object(run_dir / STAGES_FILE, missing_ok=True) or {}).get(stage)
+    if recorded is None:
+        log(f"{stage}: outputs exist but {STAGES_FILE} has no record of their inputs (an older run folder): "
+            "kept as they are")
+        return True
+    changed = _changes(recorded, inputs)
+    if changed:
+        log(f"{stage}: redoing it, its inputs changed: {'; '.join(changed)}")
+        return False
+    return True
+
+
+def record_stage(run_dir: Path, stage: str, inputs: dict) -> None:
+    records = read_json_object(run_dir / STAGES_FILE, missing_ok=True) or {}
+    records[stage] = inputs
+    write_json(run_dir / STAGES_FILE, records)
+
+
+def _remove(*paths: Path) -> None:
+    import shutil
+
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 # ---------------------------------------------------------------- data
 def _online(host: str = "raw.githubusercontent.com", timeout: float = 3.0) -> bool:
     """Whether the official files could be downloaded (one short connection attempt)."""
@@ -151,9 +208,14 @@ def stage_prepare(opts: PipelineOptions, run_dir: Path) -> dict:
     data_dir = run_dir / "data"
     marker = run_dir / "data_source.json"
     limits = _split_limits(opts)
-    if marker.is_file() and all((data_dir / f"{s}.jsonl").is_file() for s in limits):
+    settings = {"dataset": opts.dataset, "raw_dir": str(opts.raw_dir) if opts.raw_dir else None, "limits": limits,
+                "train_split": opts.train_from}
+    inputs = stage_inputs({}, settings)
+    done = marker.is_file() and all((data_dir / f"{s}.jsonl").is_file() for s in limits)
+    if up_to_date(run_dir, "prepare", inputs, done):
         log(f"prepare: skipped (already done: {data_dir})")
         return json.loads(marker.read_text())
+    _remove(marker)
     raw, source = _raw_source(opts, run_dir)
     for split, limit in limits.items():
         args = ["--out-dir", str(data_dir), "--splits", split]
@@ -168,58 +230,79 @@ def stage_prepare(opts: PipelineOptions, run_dir: Path) -> dict:
         "limits": limits,
     }
     write_json(marker, info)
+    record_stage(run_dir, "prepare", inputs)
     return info
 
 
 # ---------------------------------------------------------------- train .. report
 def stage_train(opts: PipelineOptions, run_dir: Path) -> None:
-    if (run_dir / "train_summary.json").is_file() and (run_dir / "adapter").is_dir():
+    data_dir = run_dir / "data"
+    train_data, valid_data = data_dir / f"{opts.train_from}.jsonl", data_dir / "valid.jsonl"
+    inputs = stage_inputs({"train_data": train_data, "valid_data": valid_data},
+                          {"model": opts.model, "method": opts.method, "trainer_args": opts.trainer_args})
+    done = (run_dir / "train_summary.json").is_file() and (run_dir / "adapter").is_dir()
+    if up_to_date(run_dir, "train", inputs, done):
         log("train: skipped (already done: adapter/ and train_summary.json exist)")
         return
-    data_dir = run_dir / "data"
     args = [
         "--dataset", opts.dataset, "--model", opts.model, "--method", opts.method,
-        "--train-data", str(data_dir / f"{opts.train_from}.jsonl"),
-        "--valid-data", str(data_dir / "valid.jsonl"),
-        "--out-dir", str(run_dir),
+        "--train-data", str(train_data), "--valid-data", str(valid_data), "--out-dir", str(run_dir),
     ]
-    if any((run_dir / "checkpoints").glob("step-*")):
+    if done:  # made from other inputs: the trainer checks the new ones, then removes the run and what came of it
+        args.append("--overwrite")
+    elif any((run_dir / "checkpoints").glob("step-*")):
         log("train: resuming from the last checkpoint in checkpoints/")
         args.append("--resume")
     run_stage("train", _python_module("nlg.train", args + opts.trainer_args, opts, True), run_dir)
+    record_stage(run_dir, "train", inputs)
+
+
+def _adapter_files(run_dir: Path) -> dict[str, Path]:
+    folder = run_dir / "adapter"
+    return {f"adapter/{p.name}": p for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
 
 
 def stage_generate(opts: PipelineOptions, run_dir: Path) -> None:
     out = run_dir / f"predictions.{opts.split}.jsonl"
-    if out.is_file():
+    data = run_dir / "data" / f"{opts.split}.jsonl"
+    inputs = stage_inputs({"data": data, **_adapter_files(run_dir)},
+                          {"split": opts.split, "generate_args": opts.generate_args})
+    if up_to_date(run_dir, "generate", inputs, out.is_file()):
         log(f"generate: skipped (already done: {out.name})")
         return
-    args = [
-        "--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split,
-        "--data", str(run_dir / "data" / f"{opts.split}.jsonl"),
-    ]
+    _remove(out, run_dir / "eval" / opts.split, run_dir / f"scores.{opts.split}.json")
+    args = ["--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split, "--data", str(data)]
     run_stage("generate", _python_module("nlg.generate", args + opts.generate_args, opts, True), run_dir)
+    record_stage(run_dir, "generate", inputs)
 
 
 def stage_decode(opts: PipelineOptions, run_dir: Path) -> None:
     out = run_dir / "eval" / opts.split
-    if out.is_dir() and any(out.iterdir()):
+    formatted = run_dir / "data" / f"{opts.split}_formatted.jsonl"
+    inputs = stage_inputs({"predictions": run_dir / f"predictions.{opts.split}.jsonl", "formatted": formatted},
+                          {"split": opts.split})
+    if up_to_date(run_dir, "decode", inputs, out.is_dir() and any(out.iterdir())):
         log(f"decode: skipped (already done: eval/{opts.split}/)")
         return
-    args = [
-        "--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split,
-        "--formatted", str(run_dir / "data" / f"{opts.split}_formatted.jsonl"),
-    ]
+    _remove(out, run_dir / f"scores.{opts.split}.json")
+    args = ["--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split, "--formatted", str(formatted)]
     run_stage("decode", _python_module("nlg.decode", args, opts, False), run_dir)
+    record_stage(run_dir, "decode", inputs)
 
 
 def stage_score(opts: PipelineOptions, run_dir: Path) -> None:
     out = run_dir / f"scores.{opts.split}.json"
-    if out.is_file():
+    eval_dir = run_dir / "eval" / opts.split
+    files = {f"eval/{opts.split}/{p.relative_to(eval_dir)}": p for p in sorted(eval_dir.rglob("*")) if p.is_file()} \
+        if eval_dir.is_dir() else {}
+    inputs = stage_inputs(files, {"split": opts.split})
+    if up_to_date(run_dir, "score", inputs, out.is_file()):
         log(f"score: skipped (already done: {out.name})")
         return
+    _remove(out)
     args = ["--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split]
     run_stage("score", _python_module("eval.score", args, opts, False), run_dir)
+    record_stage(run_dir, "score", inputs)
 
 
 def stage_report(opts: PipelineOptions, run_dir: Path) -> None:

@@ -272,6 +272,22 @@ def test_cli_import_authors_info_and_export_peft(tmp_path, capsys):
     assert "nothing: no such file or folder" in capsys.readouterr().err
 
 
+def test_import_authors_and_export_peft_refuse_to_replace_an_adapter_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "run" / "adapter"
+    assert adapter_io.main(["import-authors", str(AUTHORS_PT), "--out", str(out), "--base-model", "custom-32"]) == 0
+    trained = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    for cmd in ("import-authors", "export-peft"):
+        assert adapter_io.main([cmd, str(AUTHORS_PT), "--out", str(out), "--base-model", "custom-32"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: {out}: already holds adapter.safetensors, adapter_config.json (a trained adapter?); "
+            "pass --overwrite to replace it, or choose another --out")
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == trained
+    assert adapter_io.main(["import-authors", str(AUTHORS_PT), "--out", str(out), "--base-model", "custom-33",
+                            "--overwrite"]) == 0
+    assert json.loads((out / "adapter_config.json").read_text())["base_model"] == "custom-33"
+
+
 def test_medium_shaped_authors_checkpoint_maps_to_the_gpt2_medium_card(tmp_path):
     """A file shaped like their released gpt2-medium r=4 checkpoints converts without any base weights."""
     gen = torch.Generator().manual_seed(0)

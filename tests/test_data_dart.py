@@ -49,8 +49,10 @@ def test_fixture_xml_route_equals_json_route(tmp_path):
     assert from_xml[1].read_bytes() == from_json[1].read_bytes()
 
 
-def test_empty_lex_is_an_empty_completion(tmp_path):
+def test_empty_lex_is_an_empty_completion(tmp_path, capsys):
     written = prepare(raw_dir=DART_FIX, out_dir=tmp_path, splits=["test"])
+    err = capsys.readouterr().err
+    assert "1 empty annotation texts (entry 1 (eid='Id1'))" in err and "kept as empty completions and references" in err
     recs = lines(written["test"][0])
     assert [r["completion"] for r in recs] == [
         "Quayside Grill opened in 2004.", "", "The Wren is in the old town and rated low."
@@ -121,3 +123,22 @@ def test_shared_test_xml_empty_lex(shared_data):
     assert len(entries) == 5097 and sum(len(e["annotations"]) for e in entries) == 12552
     empty = [(i, a) for i, e in enumerate(entries) for a in e["annotations"] if a["text"] == ""]
     assert empty == [(115, {"source": "WikiTableQuestions_lily", "text": ""})]  # eid Id116
+
+
+def test_entries_without_an_annotation_are_counted_and_named(tmp_path, capsys):
+    from data.dart.prepare import read
+
+    xml = tmp_path / "dart-v1.1.1-full-dev.xml"
+    xml.write_text('<benchmark><entries>'
+                   '<entry eid="Id1"><modifiedtripleset><mtriple>A | b | C</mtriple></modifiedtripleset>'
+                   '<lex comment="WikiSQL_decl_sents">A b C.</lex></entry>'
+                   '<entry eid="Id2"><modifiedtripleset><mtriple>D | e | F</mtriple></modifiedtripleset></entry>'
+                   '<entry eid="Id3"><modifiedtripleset><mtriple>G | h | I</mtriple></modifiedtripleset>'
+                   '<lex comment="webnlg"></lex></entry>'
+                   '</entries></benchmark>', encoding="utf-8")
+    recs = read(xml)
+    assert [r["completion"] for r in recs] == ["A b C.", ""]
+    err = capsys.readouterr().err
+    assert (f"warning: {xml}: 1 entries without an annotation (entry 2 (eid='Id2')): they give no record, as in "
+            "the authors' converter") in err
+    assert "1 empty annotation texts (entry 3 (eid='Id3'))" in err

@@ -256,3 +256,29 @@ def test_shared_folder_has_no_train_split_and_says_where_to_get_it(shared_data, 
         prepare(raw_dir=shared_data / "e2e", out_dir=tmp_path, splits=["train", "valid"])
     assert "train.txt" in str(err.value) and "trainset.csv" in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_writing_a_split_leaves_the_old_pair_whole(tmp_path, monkeypatch):
+    """The formatted and encoded files of a split are one commit: ENOSPC in either keeps both old files."""
+    import errno
+    import os
+
+    from data.common import write_split
+
+    recs = [{"context": "name : A", "completion": "A is a pub ."}]
+    write_split(tmp_path, "valid", recs)
+    old = {p.name: p.read_bytes() for p in tmp_path.glob("valid*.jsonl")}
+    real_fsync, calls = os.fsync, []
+
+    def fsync_full_on_second(fd):  # the second file's data does not fit
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_full_on_second)
+    with pytest.raises(OSError, match="No space left"):
+        write_split(tmp_path, "valid", recs * 3)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("valid*.jsonl")} == old
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporaries left either

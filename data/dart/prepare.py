@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from nlg.io_utils import InputFileError
 
-from data.common import check_record, cli, load_json, missing_split, parse_xml, run_prepare, split_triple
+from data.common import (check_record, cli, load_json, missing_split, parse_xml, run_prepare, split_triple,
+                         warn_unused)
 
 DATASET = "dart"
 STEMS = {"train": "dart-v1.1.1-full-train", "valid": "dart-v1.1.1-full-dev", "test": "dart-v1.1.1-full-test"}
@@ -31,7 +32,7 @@ def locate(raw_dir: Path, split: str) -> Path:
     raise missing_split(DATASET, split, raw_dir, names, WHERE_TO_GET)
 
 
-def entries_from_xml(path: Path) -> list[dict]:
+def entries_from_xml(path: Path, wheres: list[str] | None = None) -> list[dict]:
     """The XML as the JSON's ``[{"tripleset": [[s, p, o], ...], "annotations": [{"source", "text"}]}]``."""
     entries = []
     for i, el in enumerate(tqdm(list(parse_xml(path).iter("entry")), desc=f"read {path.name}", unit="entry",
@@ -40,18 +41,20 @@ def entries_from_xml(path: Path) -> list[dict]:
         triples = [list(split_triple(m.text, path, where)) for m in el.iter("mtriple")]
         annotations = [{"source": lex.get("comment"), "text": lex.text or ""} for lex in el.iter("lex")]
         entries.append({"tripleset": triples, "annotations": annotations})
+        if wheres is not None:
+            wheres.append(where)
     if not entries:
         raise InputFileError(path, "no <entry> elements")
     return entries
 
 
-def records_from_entries(entries: list, path: Path) -> list[dict]:
+def records_from_entries(entries: list, path: Path, wheres: list[str] | None = None) -> list[dict]:
     """The authors' conversion of the JSON list."""
     if not isinstance(entries, list):
         raise InputFileError(path, "expected a JSON list of entries")
-    records = []
+    records, unannotated, empty = [], [], []
     for i, entry in enumerate(entries, 1):
-        where = f"entry {i}"
+        where = wheres[i - 1] if wheres else f"entry {i}"
         if not isinstance(entry, dict) or "tripleset" not in entry or "annotations" not in entry:
             raise InputFileError(path, f"{where}: expected an object with 'tripleset' and 'annotations'")
         parts = []
@@ -61,16 +64,24 @@ def records_from_entries(entries: list, path: Path) -> list[dict]:
             s, p, o = triple
             parts.append(f"{s} : {p.lower()} : {o}")
         context = " | ".join(parts)
+        if not entry["annotations"]:
+            unannotated.append(where)
         for ann in entry["annotations"]:
             if not isinstance(ann, dict) or "text" not in ann:
                 raise InputFileError(path, f"{where}: annotation {ann!r} has no 'text'")
+            if isinstance(ann["text"], str) and not ann["text"].strip():
+                empty.append(where)
             records.append(check_record({"context": context, "completion": ann["text"]}, path, where))
+    warn_unused(path, "entries without an annotation", unannotated, "they give no record, as in the authors' converter")
+    warn_unused(path, "empty annotation texts", empty,
+                "kept as empty completions and references, as the authors' converter keeps them")
     return records
 
 
 def read(source: Path, split: str = "") -> list[dict]:
-    entries = entries_from_xml(source) if source.suffix.lower() == ".xml" else load_json(source)
-    return records_from_entries(entries, source)
+    wheres: list[str] = []
+    entries = entries_from_xml(source, wheres) if source.suffix.lower() == ".xml" else load_json(source)
+    return records_from_entries(entries, source, wheres)
 
 
 def prepare(raw_dir=None, out_dir=None, splits=("train", "valid", "test"), vocab=None, limit=None):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nlg.io_utils import InputFileError
 
-from data.common import check_record, cli, load_json, missing_split, run_prepare
+from data.common import check_record, cli, load_json, missing_split, run_prepare, warn_unused
 from data.webnlg.xml_reader import TEST_XML, read_layout
 
 DATASET = "webnlg"
@@ -59,7 +59,7 @@ def records_from_layout(layout: dict, path: Path) -> list[dict]:
     entries = _get(layout, "entries", path, "top level")
     if not isinstance(entries, list):
         raise InputFileError(path, "'entries' is not a list")
-    records = []
+    records, unused, empty = [], [], []
     for i, wrapper in enumerate(entries, 1):
         where = f"entry {i}"
         entry = _get(wrapper, str(i), path, f"{where} (entries are numbered from 1, in order)")
@@ -69,10 +69,19 @@ def records_from_layout(layout: dict, path: Path) -> list[dict]:
             " : ".join(str(_get(t, key, path, where)) for key in ("subject", "property", "object")) for t in triples
         )
         seen = category in SEEN_CATEGORIES
+        before = len(records)
         for lex in _get(entry, "lexicalisations", path, where):
             if _get(lex, "comment", path, where) == "good":
                 rec = {"context": context, "completion": _get(lex, "lex", path, where), "cate": seen}
                 records.append(check_record(rec, path, where))
+                if isinstance(rec["completion"], str) and not rec["completion"].strip():
+                    empty.append(f"{where} (eid={entry.get('xml_id')!r})")
+        if len(records) == before:
+            unused.append(f"{where} (eid={entry.get('xml_id', entry.get('eid'))!r})")
+    warn_unused(path, "entries without a usable lexicalisation (none marked 'good')", unused,
+                "they give no record, as in the authors' converter")
+    warn_unused(path, "empty 'good' lexicalisations", empty,
+                "kept as empty completions and references, as the authors' converter keeps them")
     return records
 
 
