@@ -21,6 +21,9 @@ MODEL_CARDS = ("tiny", "mini", "gpt2", "gpt2-medium", "gpt2-large")
 METHODS = ("lora", "ft", "ft-top2", "adapter-h", "adapter-l", "prefix-layer", "prefix-embed")
 
 
+KERNELS = ("fast", "reference")
+
+
 @dataclass
 class TrainConfig:
     """One training run. Defaults are the paper's E2E recipe for GPT-2 medium with LoRA."""
@@ -61,6 +64,10 @@ class TrainConfig:
     seed: int = 110
     # engineering options (never change paper numbers when left at their defaults)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    # "fast": this project's CPU speed-ups (packed rows, fused LM head + loss, MKL pre-packing, CPU LoRA dropout,
+    # fused GELU); "reference": plain modules a reader follows (loralib's LoRA forward with nn.Dropout,
+    # transformers' GPT-2 forward on padded batches, F.cross_entropy); docs/training.md says what fast changes
+    kernels: str = "fast"
     bucket_by_length: bool = False
     cpu_prepack: bool = True  # CPU fp32: frozen base weights pre-packed for MKL's GEMM (nlg/mkl_prepack.py)
     save_interval: int = 1000

@@ -123,6 +123,7 @@ class LoRAConv1D(Conv1D):
         self.lora_B = nn.Parameter(self.weight.new_zeros(groups * self.slice_size, rank))
         self.lora_dropout = nn.Dropout(p=float(dropout)) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.reference = False  # True: loralib's forward as written (set_reference_kernels), no speed-ups
         self.reset_lora_parameters()
 
     @property
@@ -166,6 +167,10 @@ class LoRAConv1D(Conv1D):
             if self.training and torch.is_grad_enabled() and self.lora_A.requires_grad:
                 raise RuntimeError("LoRA weights are merged into W: call nlg.lora.unmerge_lora(model) before training")
             return torch.addmm(self.bias, x2, self.weight).view(size_out)
+        if self.reference:  # loralib's MergedLinear: x W + b + (dropout(x) A^T) B^T · alpha / r
+            result = torch.addmm(self.bias, x2, self.weight)
+            update = (self.lora_dropout(x2) @ self.lora_A.t()) @ self._b_full()
+            return (result + update * self.scaling).view(size_out)
         # dropout(x) @ A^T for every adapted slice in one matmul; then x @ W, onto which one thin in-place matmul
         # adds the B blocks (in their slices' columns, zero elsewhere) and the bias (a row of B against a column
         # of ones): one pass over the output for LoRA and bias together, none in the backward
@@ -347,6 +352,15 @@ def inject_lora(
             raise LoRAError("LoRA on wte needs GPT-2's tied LM head (lm_head.weight is transformer.wte.weight)")
         tr.wte = LoRAEmbedding(tr.wte, rank, alpha)
         model.lm_head = LoRATiedHead(model.lm_head, tr.wte)
+    return model
+
+
+def set_reference_kernels(model: nn.Module, on: bool = True) -> nn.Module:
+    """Make every LoRA layer compute loralib's forward as written (``nn.Dropout``, no pre-packed weights, no fused
+    bias): the trainer's ``--kernels reference``. Returns the model."""
+    for _, m in lora_modules(model):
+        if isinstance(m, LoRAConv1D):
+            m.reference = bool(on)
     return model
 
 

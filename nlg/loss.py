@@ -44,7 +44,9 @@ def masked_lm_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torc
     if auto and fused_autocast_head_applies(hidden, lm_head):  # CPU bf16 autocast: autocast's numerics, fused
         denom = sel.sum().to(torch.float32) + MASK_EPS
         return autocast_head_cross_entropy_sum(hidden[sel], lm_head.weight, targets[sel], ls, denom, buffer)
-    logits = lm_head(hidden[sel]).float()
+    logits = lm_head(hidden[sel])
+    if logits.dtype in (torch.float16, torch.bfloat16):  # softmax in fp32 (float64 stays float64)
+        logits = logits.float()
     per_token = F.cross_entropy(logits, targets[sel], reduction="none", label_smoothing=ls)
     return per_token.sum() / (sel.sum().to(per_token.dtype) + MASK_EPS)
 
@@ -69,11 +71,12 @@ class MaskedLMLoss(torch.nn.Module):
     tokens and attention is causal). Either way the LM head runs only at masked positions.
     """
 
-    def __init__(self, model: torch.nn.Module, packed: bool | None = None):
+    def __init__(self, model: torch.nn.Module, packed: bool | None = None, fused: bool | None = None):
         super().__init__()
         from nlg import packed as packed_mod
 
         self.model = model
+        self.fused = fused  # None: the fused head + loss wherever one applies; False: F.cross_entropy on logits
         self.logits_buffer = LogitsBuffer()
         self.packed = packed_mod.supports(model) if packed is None else packed
         if self.packed and not packed_mod.supports(model):
@@ -89,8 +92,8 @@ class MaskedLMLoss(torch.nn.Module):
             hidden, flat = packed_hidden(self.model.transformer, input_ids, position_ids, lengths)
             sel = mask.reshape(-1).index_select(0, flat)
             return masked_lm_loss(hidden, self.model.lm_head, targets.reshape(-1).index_select(0, flat), sel,
-                                  label_smooth, self.logits_buffer)
+                                  label_smooth, self.logits_buffer, fused=self.fused)
         out = self.model.transformer(input_ids=input_ids, attention_mask=None, position_ids=position_ids,
                                      use_cache=False)
         return masked_lm_loss(out.last_hidden_state, self.model.lm_head, targets, mask, label_smooth,
-                              self.logits_buffer)
+                              self.logits_buffer, fused=self.fused)

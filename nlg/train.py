@@ -40,9 +40,10 @@ from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, read_encoded, total_s
 from nlg.checkpoint import (latest_checkpoint, load_best, load_latest_complete, remove_stale_temporaries, rng_state,
                             save_best, save_checkpoint,
                             set_rng_state)
-from nlg.config import (DATASETS, METHODS, PRETRAIN_DATASET, TrainConfig, default_data_dir, load_recipe_file,
-                        paper_train_config)
+from nlg.config import (DATASETS, KERNELS, METHODS, PRETRAIN_DATASET, TrainConfig, default_data_dir,
+                        load_recipe_file, paper_train_config)
 from nlg.io_utils import RunLock, RunLockedError, atomic_open, file_sha256, read_json_object, write_json
+from nlg.lora import set_reference_kernels
 from nlg.loss import MaskedLMLoss
 from nlg.tensorboard_log import REPORT_TO, TensorBoardUnavailable, open_mirror
 from nlg.tensorboard_log import check_available as check_tensorboard
@@ -58,7 +59,8 @@ OUR_OUTPUTS = ("recipe.json", "log.jsonl", "checkpoints", "adapter", "peft_adapt
                "tensorboard")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SELECT_BY = ("last", "valid_loss")  # which weights adapter/ holds: the final ones, or those of the lowest dev loss
-CHOICES = {"dataset": DATASETS, "method": METHODS, "precision": tuple(PRECISIONS), "scheduler": SCHEDULES,
+CHOICES = {"dataset": DATASETS, "method": METHODS, "precision": tuple(PRECISIONS), "kernels": KERNELS,
+           "scheduler": SCHEDULES,
            "select_by": SELECT_BY, "report_to": REPORT_TO}
 
 
@@ -86,6 +88,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError(f"unknown --scheduler {cfg.scheduler!r}; expected one of {', '.join(SCHEDULES)}")
     if cfg.precision not in PRECISIONS:
         raise TrainError(f"unknown --precision {cfg.precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if cfg.kernels not in KERNELS:
+        raise TrainError(f"unknown --kernels {cfg.kernels!r}; expected one of {', '.join(KERNELS)}")
     try:
         check_tensorboard(cfg.report_to)
     except (ValueError, TensorBoardUnavailable) as exc:
@@ -294,21 +298,26 @@ class Trainer:
                              f"({cfg.model}); use --seq-len {model.config.n_positions} or less")
         torch.manual_seed(cfg.seed)  # the method's initialisation does not depend on how the base was built
         model = self.method.apply(model, cfg)
-        fuse_gelu(model)
+        reference = cfg.kernels == "reference"  # plain modules: no fused GELU, LoRA as loralib writes it
+        if reference:
+            set_reference_kernels(model)
+        else:
+            fuse_gelu(model)
         self.model = model.to(self.dist.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise TrainError(f"method {cfg.method!r} left no trainable parameter")
         self.optimizer = build_optimizer(self.params, cfg)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.precision == "fp16")
-        self.loss_module = MaskedLMLoss(self.model)
+        self.loss_module = (MaskedLMLoss(self.model, packed=False, fused=False) if reference
+                            else MaskedLMLoss(self.model))
         self.ddp = None
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.ddp = DDP(self.loss_module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
-        self.packs = cpu_packs(cfg, self.model, self.dist.device)  # after DDP's broadcast of the weights; freed
+        self.packs = None if reference else cpu_packs(cfg, self.model, self.dist.device)  # after DDP's broadcast of the weights; freed
         # when run() ends
         self.tensorboard = None  # opened by run() on the main process when --report-to tensorboard
         self.progress = Progress()

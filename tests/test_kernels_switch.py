@@ -1,0 +1,107 @@
+"""``--kernels reference|fast``: the reference path is loralib's LoRA forward with ``nn.Dropout``, transformers'
+GPT-2 forward on padded batches and ``F.cross_entropy``; fast (the default) equals it in exact arithmetic.
+
+Equality is checked in float64, where every kernel's rounding is ~1e-16 relative: the fast path's regrouped sums
+(packed rows, the fused head, the concatenated ``[A|1]·[sB;bias]`` product) can then differ from the reference by
+no more than a few float64 roundings of the magnitudes summed, far below the 1e-9 relative bound used here, so a
+real difference (a wrong mask, a missing term) cannot hide inside it on any CPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nlg.config import paper_train_config
+from nlg.lora import inject_lora, lora_modules, set_reference_kernels
+from nlg.loss import MaskedLMLoss
+from nlg.models import build_random
+from nlg.train import TrainError, Trainer, fuse_gelu, train
+from tests.conftest import FIXTURES
+
+DATA = FIXTURES / "authors_train_step" / "train.jsonl"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _batch(seed=3):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([9, 6, 4])
+    ids = torch.randint(0, 50257, (3, 9), generator=g)
+    pos = torch.arange(9).expand(3, 9)
+    mask = (torch.arange(9) < lengths[:, None]).double() * (torch.arange(9) >= 2).double()
+    return ids, pos, torch.roll(ids, -1, 1), mask, lengths
+
+
+def _model(reference: bool):
+    model = build_random("tiny", seed=0).double()
+    inject_lora(model, rank=2, alpha=8, targets=("q", "v", "o"))
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g, dtype=torch.float64) * 0.05)
+    if reference:
+        set_reference_kernels(model)
+        return model, MaskedLMLoss(model, packed=False, fused=False)
+    fuse_gelu(model)
+    return model, MaskedLMLoss(model)
+
+
+def test_fast_loss_and_gradients_equal_the_reference_in_float64():
+    ids, pos, targets, mask, lengths = _batch()
+    results = []
+    for reference in (True, False):
+        model, loss_fn = _model(reference)
+        model.train()
+        assert loss_fn.packed is (not reference)
+        loss = loss_fn(ids, pos, targets, mask, lengths=lengths, label_smooth=0.1)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads))
+    (ref_loss, ref_grads), (fast_loss, fast_grads) = results
+    assert torch.allclose(fast_loss, ref_loss, rtol=1e-9, atol=0)
+    assert ref_grads.keys() == fast_grads.keys() and len(ref_grads) == 8  # 2 layers x (c_attn, c_proj) x A, B
+    for name, g in ref_grads.items():
+        scale = g.abs().max()
+        assert (fast_grads[name] - g).abs().max() <= 1e-9 * scale, name
+
+
+def test_reference_lora_forward_is_loralibs_formula_with_nn_dropouts_mask():
+    torch.manual_seed(0)
+    model = build_random("tiny", seed=0)
+    inject_lora(model, rank=2, alpha=8, dropout=0.1, targets=("q", "v"))
+    set_reference_kernels(model)
+    layer = model.transformer.h[0].attn.c_attn
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(5, 64)
+    layer.train()
+    torch.manual_seed(7)
+    got = layer(x)
+    torch.manual_seed(7)  # the same draw nn.Dropout makes: loralib's masks, so the authors' random stream
+    dropped = torch.nn.functional.dropout(x, 0.1, training=True)
+    a, b = layer.lora_A.view(2, 2, 64), layer.lora_B.view(2, 64, 2)
+    expected = x @ layer.weight + layer.bias
+    expected[:, 0:64] += (dropped @ a[0].T @ b[0].T) * 4.0
+    expected[:, 128:192] += (dropped @ a[1].T @ b[1].T) * 4.0
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(model="tiny", train_data=str(DATA), valid_data=str(DATA), out_dir=str(tmp_path / name), seq_len=16,
+                batch_size=4, warmup_steps=2, lr=1e-2, log_interval=1, save_interval=10, max_steps=6)
+    base.update(kw)
+    return paper_train_config("e2e", **base)
+
+
+def test_reference_mode_trains_with_plain_modules_and_is_recorded(tmp_path):
+    trainer = Trainer(_cfg(tmp_path, "ref", kernels="reference"), quiet=True)
+    assert trainer.packs is None and not trainer.loss_module.packed and trainer.loss_module.fused is False
+    assert all(m.reference for _, m in lora_modules(trainer.model))
+    assert not any(isinstance(m, torch.nn.GELU) for m in trainer.model.modules())  # transformers' own GELU
+    run = trainer.run()
+    assert json.loads((run / "recipe.json").read_text())["kernels"] == "reference"
+    losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    with pytest.raises(TrainError, match="unknown --kernels 'slow'"):
+        train(_cfg(tmp_path, "bad", kernels="slow"), quiet=True)
