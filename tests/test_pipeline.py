@@ -87,6 +87,28 @@ def test_dataset_script_end_to_end(dataset, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "train: skipped" in again.stderr and "generate: skipped" in again.stderr
     assert (run_dir / "predictions.test.jsonl").read_bytes() == before
+    if dataset == "e2e":
+        _changed_input_redoes_exactly_the_stages_after_it(run_dir)
+
+
+def _changed_input_redoes_exactly_the_stages_after_it(run_dir: Path) -> None:
+    """A re-run with another TEST_LIMIT: the test split changes, so prepare, generate, decode and score are redone
+    (the log says why); training, whose data did not change, is skipped; the report is of the new predictions."""
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert sorted(stages) == ["decode", "generate", "prepare", "score", "train"]
+    adapter = (run_dir / "adapter" / "adapter.safetensors").read_bytes()
+    again = subprocess.run(_script("e2e"), env=_env(run_dir, "e2e", TEST_LIMIT="6"), cwd=REPO, capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    err = again.stderr
+    assert "prepare: redoing it, its inputs changed: limits: " in err
+    assert "train: skipped" in err and (run_dir / "adapter" / "adapter.safetensors").read_bytes() == adapter
+    assert "generate: redoing it, its inputs changed: data changed" in err
+    assert "decode: skipped" not in err and "score: skipped" not in err
+    assert len((run_dir / "predictions.test.jsonl").read_text().splitlines()) == 6
+    assert json.loads((run_dir / "scores.test.json").read_text())["metrics"]["BLEU"] is not None
+    assert "Stale" not in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "stages.json").read_text())["prepare"]["settings"]["limits"]["test"] == 6
 
 
 @pytest.mark.slow
@@ -168,32 +190,6 @@ def test_protocol_script_passes_seeds(tmp_path):
     words = proc.stdout.split()
     assert words[words.index("--seeds") + 1:words.index("--seeds") + 4] == ["110", "111", "112"]
     assert words[-3:] == ["--", "--max-steps", "3"]
-
-
-@pytest.mark.slow
-def test_a_changed_input_redoes_exactly_the_stages_after_it(tmp_path):
-    """A re-run with another TEST_LIMIT: the test split changes, so prepare, generate, decode and score are redone
-    (the log says why); training, whose data did not change, is skipped; the report is of the new predictions."""
-    run_dir = tmp_path / "run"
-    first = subprocess.run(_script("e2e"), env=_env(run_dir, "e2e"), cwd=REPO, capture_output=True, text=True)
-    assert first.returncode == 0, first.stderr[-3000:]
-    stages = json.loads((run_dir / "stages.json").read_text())
-    assert sorted(stages) == ["decode", "generate", "prepare", "score", "train"]
-    adapter = (run_dir / "adapter" / "adapter.safetensors").read_bytes()
-
-    again = subprocess.run(_script("e2e"), env=_env(run_dir, "e2e", TEST_LIMIT="6"), cwd=REPO, capture_output=True,
-                           text=True)
-    assert again.returncode == 0, again.stderr[-3000:]
-    err = again.stderr
-    assert "prepare: redoing it, its inputs changed: limits: " in err
-    assert "train: skipped" in err and (run_dir / "adapter" / "adapter.safetensors").read_bytes() == adapter
-    assert "generate: redoing it, its inputs changed: data changed" in err
-    assert "decode: skipped" not in err and "score: skipped" not in err
-    assert len((run_dir / "predictions.test.jsonl").read_text().splitlines()) == 6
-    scores = json.loads((run_dir / "scores.test.json").read_text())
-    assert scores["metrics"]["BLEU"] is not None
-    assert "Stale" not in (run_dir / "report.md").read_text()
-    assert json.loads((run_dir / "stages.json").read_text())["prepare"]["settings"]["limits"]["test"] == 6
 
 
 def test_report_flags_scores_older_than_the_predictions_they_claim_to_score(tmp_path):
