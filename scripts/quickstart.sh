@@ -2,7 +2,7 @@
 # The whole E2E pipeline on CPU in a few minutes, on a model that has learned English here:
 # pretrain a tiny GPT-2 (2 layers, 64 wide; WebNLG + DART text, no E2E; cached after the first run) ->
 # prepare -> train (LoRA r = 16 on all six projections and the tied token embedding, lr 5e-3: what a 64-wide model
-# whose corpus never held E2E's words needs; the paper's r = 4 on W_q, W_v gives BLEU 0 here) -> merge + beam search ->
+# whose corpus never held E2E's words needs; LoRA on W_q, W_v alone gave BLEU 0) -> merge + beam search ->
 # reference/hypothesis files -> scores -> report.
 # Data: RAW_DIR if set; ../shared/data when present (its E2E train split is absent, so the dev split trains);
 # the official files when online; otherwise a synthetic E2E-style sample generated here (labelled synthetic).
