@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from nlg.io_utils import InputFileError, atomic_group, atomic_open
+from nlg.io_utils import InputFileError, atomic_group, atomic_open, cli_error
 from nlg.tokenizer import EOS_ID, get_tokenizer
 
 SPLITS = ("train", "valid", "test")
@@ -224,8 +224,8 @@ def cli(dataset: str, description: str, prepare: Callable, argv: Sequence[str] |
         written = prepare(
             raw_dir=args.raw_dir, out_dir=args.out_dir, splits=args.splits, vocab=args.vocab, limit=args.limit
         )
-    except (InputFileError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (InputFileError, OSError, ValueError, RuntimeError) as exc:
+        cli_error(exc)
         return 1
     for split, (formatted, encoded) in written.items():
         n = sum(1 for _ in open(encoded, encoding="utf-8"))

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nlg.io_utils import InputFileError, atomic_open, iter_jsonl, read_json_object, write_json
+from nlg.io_utils import InputFileError, cli_error, atomic_open, iter_jsonl, read_json_object, write_json
 
 from .paper import PaperRow, ours_in_paper_scale, paper_row
 
@@ -442,9 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         out = build_report(args.run_dirs, args.out, args.split)
-    except (InputFileError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (InputFileError, ValueError, OSError) as exc:
+        return cli_error(exc)
     print((out / "report.md").read_text(encoding="utf-8").split("\n", 1)[0])
     print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
     return 0

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from nlg.io_utils import InputFileError, RunLock, RunLockedError, write_json
+from nlg.io_utils import InputFileError, cli_error, RunLock, RunLockedError, write_json
 
 from .java import JavaError
 from .meteor import Meteor
@@ -182,9 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.out, record)
             print(f"wrote {args.out}")
         return 0
-    except (InputFileError, JavaError, NltkDataError, RunLockedError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (InputFileError, JavaError, NltkDataError, RunLockedError, ValueError, OSError) as exc:
+        return cli_error(exc)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from nlg.config import DATASETS, REF_NUM, default_data_dir
-from nlg.io_utils import InputFileError, RunLock, RunLockedError, atomic_group, iter_jsonl
+from nlg.io_utils import InputFileError, cli_error, RunLock, RunLockedError, atomic_group, iter_jsonl
 
 END_TEXT = "<|endoftext|>"
 WEBNLG_FILTERS = ("all", "seen", "unseen")
@@ -229,9 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with RunLock(args.run_dir, "decode", create=False):
             paths = decode_split(args.dataset, formatted, predictions, out_dir, args.ref_num, args.tokenize_lower)
-    except (InputFileError, RunLockedError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (InputFileError, RunLockedError, ValueError, OSError) as exc:
+        return cli_error(exc)
     print(f"wrote {len(paths)} files under {out_dir}", file=sys.stderr)
     return 0
 

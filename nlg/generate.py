@@ -19,8 +19,8 @@ import torch
 
 from nlg.beam import PromptError, SearchStats, beam_search, check_prompt, context_window
 from nlg.config import DATASETS, DecodeConfig, default_data_dir, paper_decode_config
-from nlg.io_utils import (InputFileError, RunLock, RunLockedError, check_output, iter_jsonl, read_json_object,
-                          write_json, write_jsonl)
+from nlg.io_utils import (InputFileError, RunLock, RunLockedError, check_output, cli_error, iter_jsonl,
+                          read_json_object, write_json, write_jsonl)
 from nlg.models import ModelLoadError
 
 
@@ -222,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                  truncate=args.truncate_left, device=args.device, output=args.output, quiet=args.quiet,
                  lora_alpha=args.lora_alpha)
     except (InputFileError, GenerateError, PromptError, ModelLoadError, RunLockedError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli_error(exc)
     return 0
 
 

@@ -10,6 +10,26 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
+DEBUG_ENV = "NLG_DEBUG"  # set (to anything but 0) to see the traceback of an error a CLI reports in one line
+
+
+def cli_error(exc: BaseException) -> int:
+    """Report an expected error of a CLI as one line on stderr (an OS error as ``PATH: reason``) and return the
+    exit code 2; with ``NLG_DEBUG=1`` re-raise it, traceback included. Call it from an ``except`` block."""
+    import sys
+
+    if os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
+        raise exc
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        message = f"{exc.filename}: {exc.strerror}"
+    elif isinstance(exc, OSError) and exc.strerror:
+        message = exc.strerror
+    else:
+        message = str(exc)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 class InputFileError(ValueError):
     """Bad input, always naming the file (and the line or entry when there is one)."""
 

@@ -42,7 +42,7 @@ from nlg.checkpoint import (latest_checkpoint, load_best, load_latest_complete, 
                             set_rng_state)
 from nlg.config import (DATASETS, KERNELS, METHODS, PRETRAIN_DATASET, TrainConfig, default_data_dir,
                         load_recipe_file, paper_train_config)
-from nlg.io_utils import RunLock, RunLockedError, atomic_open, file_sha256, read_json_object, write_json
+from nlg.io_utils import RunLock, cli_error, RunLockedError, atomic_open, file_sha256, read_json_object, write_json
 from nlg.lora import set_reference_kernels
 from nlg.loss import MaskedLMLoss
 from nlg.tensorboard_log import REPORT_TO, TensorBoardUnavailable, open_mirror
@@ -695,9 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, extra = config_from_args(ns)
         train(cfg, device=extra["device"], overwrite=bool(extra["overwrite"]), stop_after=extra["stop_after"],
               quiet=bool(extra["quiet"]))
-    except (TrainError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (TrainError, ValueError, OSError) as exc:
+        return cli_error(exc)
     finally:
         dist_utils.cleanup()
     return 0

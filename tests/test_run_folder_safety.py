@@ -188,3 +188,17 @@ def test_a_seq_len_beyond_the_models_positions_is_refused_before_training(tmp_pa
     with pytest.raises(TrainError, match=r"--seq-len 2048 exceeds the model's 1024 positions \(tiny\)"):
         train(_cfg(tmp_path, seq_len=2048), quiet=True)
     assert not (tmp_path / "run" / "recipe.json").exists()
+
+
+def test_an_os_error_is_one_line_naming_the_path_and_nlg_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    taken = tmp_path / "run"
+    taken.write_text("a file where the run folder should go\n")
+    argv = ["--model", "tiny", "--train-data", str(DATA), "--valid-data", str(DATA), "--out-dir", str(taken),
+            "--seq-len", "16", "--batch-size", "4", "--max-steps", "2", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {taken}") and "Traceback" not in err[0]
+    monkeypatch.setenv("NLG_DEBUG", "1")
+    with pytest.raises(OSError):
+        main(argv)
+    assert taken.read_text() == "a file where the run folder should go\n"
