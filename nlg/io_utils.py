@@ -5,6 +5,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -16,8 +18,6 @@ DEBUG_ENV = "NLG_DEBUG"  # set (to anything but 0) to see the traceback of an er
 def cli_error(exc: BaseException) -> int:
     """Report an expected error of a CLI as one line on stderr (an OS error as ``PATH: reason``) and return the
     exit code 2; with ``NLG_DEBUG=1`` re-raise it, traceback included. Call it from an ``except`` block."""
-    import sys
-
     if os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
         raise exc
     if isinstance(exc, OSError) and exc.strerror and exc.filename:
@@ -60,15 +60,34 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
-    """Write to a temporary file beside ``path`` and rename it into place only if the block succeeds."""
-    path = Path(path)
+def _temp_beside(path: Path) -> str:
+    """An empty temporary file in ``path``'s folder (created if needed), with the mode the umask gives new files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         permit_as_created(tmp)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def remove_paths(paths: Iterable[Path]) -> None:
+    """Remove each file or folder that exists (folders with everything in them)."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    """Write to a temporary file beside ``path`` and rename it into place only if the block succeeds."""
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
         with open(tmp, mode, **kwargs) as handle:
             yield handle
@@ -90,12 +109,8 @@ def atomic_group(paths: Iterable[str | os.PathLike], encoding: str = "utf-8"):
     temps, handles = [], []
     try:
         for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            temps.append(tmp)
-            permit_as_created(tmp)
-            handles.append(open(tmp, "w", encoding=encoding, newline="\n"))
+            temps.append(_temp_beside(path))
+            handles.append(open(temps[-1], "w", encoding=encoding, newline="\n"))
         yield handles
         for handle in handles:
             handle.flush()

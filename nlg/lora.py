@@ -82,7 +82,25 @@ def normalize_targets(targets: Iterable[str] | str) -> tuple[str, ...]:
     return tuple(t for t in TARGET_ORDER if t in out)
 
 
-class LoRAConv1D(Conv1D):
+class _Mergeable:
+    """``merge``/``unmerge`` for a LoRA layer whose ``delta_weight()`` is laid out like its ``weight``."""
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W += ΔW; the forward pass is then the plain module's (for wte: the matrix the tied head shares too)."""
+        if not self.merged:
+            self.weight.add_(self.delta_weight().to(self.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W -= ΔW: back to the frozen base weights (up to float rounding)."""
+        if self.merged:
+            self.weight.sub_(self.delta_weight().to(self.weight.dtype))
+            self.merged = False
+
+
+class LoRAConv1D(_Mergeable, Conv1D):
     """A GPT-2 ``Conv1D`` plus a low-rank update on some of its ``n_slices`` equal output slices.
 
     It *is* a Conv1D (same ``weight``/``bias`` Parameters and names, ``nf``/``nx``), so the rest of the model and
@@ -188,20 +206,6 @@ class LoRAConv1D(Conv1D):
         b_and_bias = torch.cat([self._b_full() * self.scaling, self.bias.unsqueeze(0)], dim=0)  # (G·r + 1, nf)
         return frozen_mm(x2, self.weight).addmm_(a_and_one, b_and_bias).view(size_out)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """W += scaling · B A on the adapted slices; the forward pass is then the plain Conv1D."""
-        if not self.merged:
-            self.weight.add_(self.delta_weight().to(self.weight.dtype))
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """W -= scaling · B A: back to the frozen base weights (up to float rounding)."""
-        if self.merged:
-            self.weight.sub_(self.delta_weight().to(self.weight.dtype))
-            self.merged = False
-
     def to_conv1d(self) -> Conv1D:
         """A plain Conv1D sharing this module's weight and bias (merge first to keep the update)."""
         with torch.device("meta"):
@@ -210,7 +214,7 @@ class LoRAConv1D(Conv1D):
         return conv
 
 
-class LoRAEmbedding(nn.Embedding):
+class LoRAEmbedding(_Mergeable, nn.Embedding):
     """GPT-2's token embedding plus loralib's ``Embedding`` update: ``ΔW = (B A)^T · alpha / r`` (vocab × d), with
     ``lora_A`` r × vocab (zeros) and ``lora_B`` d × r (standard normal), as loralib initialises them. A lookup
     adds row ``ΔW[id]``; no dropout on ids (loralib has none there either). It keeps the base ``weight``
@@ -251,19 +255,6 @@ class LoRAEmbedding(nn.Embedding):
         if self.merged:
             return logits
         return logits + ((hidden @ self.lora_B) @ self.lora_A) * self.scaling
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """W += ΔW: the one matrix the embedding and the tied head share."""
-        if not self.merged:
-            self.weight.add_(self.delta_weight().to(self.weight.dtype))
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.weight.sub_(self.delta_weight().to(self.weight.dtype))
-            self.merged = False
 
     def to_embedding(self) -> nn.Embedding:
         """A plain ``nn.Embedding`` sharing this module's weight (merge first to keep the update)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nlg.config import DATASETS, METHODS
-from nlg.io_utils import file_sha256, host_reachable, read_json_object, write_json
+from nlg.io_utils import file_sha256, host_reachable, read_json_object, remove_paths, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("NLG_SHARED_DIR", REPO.parent / "shared")) / "data"
@@ -155,16 +155,6 @@ def record_stage(run_dir: Path, stage: str, inputs: dict) -> None:
     write_json(run_dir / STAGES_FILE, records)
 
 
-def _remove(*paths: Path) -> None:
-    import shutil
-
-    for path in paths:
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
 # ---------------------------------------------------------------- data
 def _online(host: str = "raw.githubusercontent.com", timeout: float = 3.0) -> bool:
     """Whether the official files could be downloaded (one short connection attempt)."""
@@ -215,7 +205,7 @@ def stage_prepare(opts: PipelineOptions, run_dir: Path) -> dict:
     if up_to_date(run_dir, "prepare", inputs, done):
         log(f"prepare: skipped (already done: {data_dir})")
         return json.loads(marker.read_text())
-    _remove(marker)
+    remove_paths([marker])
     raw, source = _raw_source(opts, run_dir)
     for split, limit in limits.items():
         args = ["--out-dir", str(data_dir), "--splits", split]
@@ -270,7 +260,7 @@ def stage_generate(opts: PipelineOptions, run_dir: Path) -> None:
     if up_to_date(run_dir, "generate", inputs, out.is_file()):
         log(f"generate: skipped (already done: {out.name})")
         return
-    _remove(out, run_dir / "eval" / opts.split, run_dir / f"scores.{opts.split}.json")
+    remove_paths([out, run_dir / "eval" / opts.split, run_dir / f"scores.{opts.split}.json"])
     args = ["--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split, "--data", str(data)]
     run_stage("generate", _python_module("nlg.generate", args + opts.generate_args, opts, True), run_dir)
     record_stage(run_dir, "generate", inputs)
@@ -284,7 +274,7 @@ def stage_decode(opts: PipelineOptions, run_dir: Path) -> None:
     if up_to_date(run_dir, "decode", inputs, out.is_dir() and any(out.iterdir())):
         log(f"decode: skipped (already done: eval/{opts.split}/)")
         return
-    _remove(out, run_dir / f"scores.{opts.split}.json")
+    remove_paths([out, run_dir / f"scores.{opts.split}.json"])
     args = ["--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split, "--formatted", str(formatted)]
     run_stage("decode", _python_module("nlg.decode", args, opts, False), run_dir)
     record_stage(run_dir, "decode", inputs)
@@ -299,7 +289,7 @@ def stage_score(opts: PipelineOptions, run_dir: Path) -> None:
     if up_to_date(run_dir, "score", inputs, out.is_file()):
         log(f"score: skipped (already done: {out.name})")
         return
-    _remove(out)
+    remove_paths([out])
     args = ["--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split]
     run_stage("score", _python_module("eval.score", args, opts, False), run_dir)
     record_stage(run_dir, "score", inputs)

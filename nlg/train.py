@@ -42,7 +42,8 @@ from nlg.checkpoint import (latest_checkpoint, load_best, load_latest_complete, 
                             set_rng_state)
 from nlg.config import (DATASETS, KERNELS, METHODS, PRETRAIN_DATASET, TrainConfig, default_data_dir,
                         load_recipe_file, paper_train_config)
-from nlg.io_utils import RunLock, cli_error, RunLockedError, atomic_open, file_sha256, read_json_object, write_json
+from nlg.io_utils import (RunLock, RunLockedError, atomic_open, cli_error, file_sha256, remove_paths,
+                          write_json)
 from nlg.lora import set_reference_kernels
 from nlg.loss import MaskedLMLoss
 from nlg.tensorboard_log import REPORT_TO, TensorBoardUnavailable, open_mirror
@@ -130,11 +131,7 @@ def _decide_start(cfg: TrainConfig, overwrite: bool) -> tuple[str, Path | None]:
     finished = (run / "train_summary.json").is_file()
     ckpt = latest_checkpoint(run)
     if overwrite:  # the inputs were checked first (Trainer): a typo never costs the run it was meant to replace
-        for target in [run / name for name in OUR_OUTPUTS] + derived_outputs(run):
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_paths([run / name for name in OUR_OUTPUTS] + derived_outputs(run))
         return "fresh", None
     if cfg.resume:
         if finished:
@@ -153,13 +150,15 @@ def _check_resume_config(cfg: TrainConfig, run: Path) -> None:
     path = run / "recipe.json"
     if not path.is_file():
         raise TrainError(f"{path}: missing, cannot check that --resume uses the same recipe")
-    saved = TrainConfig.from_json(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    saved = TrainConfig.from_json(text)
     diffs = [f"--{f.name.replace('_', '-')}: run has {getattr(saved, f.name)!r}, now {getattr(cfg, f.name)!r}"
              for f in dataclasses.fields(TrainConfig)
              if f.name not in RESUME_MAY_CHANGE and getattr(saved, f.name) != getattr(cfg, f.name)]
     if diffs:
         raise TrainError(f"{path}: --resume with a different recipe would not continue the same run:\n  "
                          + "\n  ".join(diffs))
+    _check_resume_data(cfg, json.loads(text).get("data_sha256"))
 
 
 def data_fingerprints(cfg: TrainConfig) -> dict[str, str]:
@@ -167,9 +166,9 @@ def data_fingerprints(cfg: TrainConfig) -> dict[str, str]:
     return {"train_data": file_sha256(cfg.train_data), "valid_data": file_sha256(cfg.valid_data)}
 
 
-def _check_resume_data(cfg: TrainConfig, run: Path) -> None:
-    """A resumed run continues bit for bit only on the data it started with (the path may move, not the bytes)."""
-    saved = read_json_object(run / "recipe.json").get("data_sha256")
+def _check_resume_data(cfg: TrainConfig, saved) -> None:
+    """A resumed run continues bit for bit only on the data it started with (the path may move, not the bytes);
+    ``saved``: the fingerprints its ``recipe.json`` recorded."""
     if not isinstance(saved, dict):  # a run folder from before fingerprints were recorded: nothing to compare
         return
     for key, now in data_fingerprints(cfg).items():
@@ -275,8 +274,7 @@ class Trainer:
         if self.mode == "finished":
             return
         if self.mode == "resume":
-            _check_resume_config(cfg, self.run_dir)
-            _check_resume_data(cfg, self.run_dir)
+            _check_resume_config(cfg, self.run_dir)  # the recipe, then the data's fingerprints
 
         self.train_examples = read_encoded(cfg.train_data, cfg.seq_len)
         self.valid_examples = read_encoded(cfg.valid_data, cfg.seq_len)
