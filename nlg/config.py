@@ -69,7 +69,7 @@ class TrainConfig:
     # transformers' GPT-2 forward on padded batches, F.cross_entropy); docs/training.md says what fast changes
     kernels: str = "fast"
     bucket_by_length: bool = False
-    cpu_prepack: bool = True  # CPU fp32: frozen base weights pre-packed for MKL's GEMM (nlg/mkl_prepack.py)
+    cpu_prepack: bool = True  # CPU fp32: frozen base weights pre-packed for MKL's GEMM (nlg/kernels/mkl_prepack.py)
     save_interval: int = 1000
     log_interval: int = 100
     eval_interval: int = 0  # also validate every N updates (0: only at epoch ends, as the authors do)
@@ -196,7 +196,7 @@ class PretrainConfig:
     clip: float = 1.0
     seed: int = 110
     # "auto": bf16 autocast where the hardware multiplies bf16 (CUDA, or a CPU with AVX512-BF16 / AMX; there the
-    # fused head + loss of nlg.head_loss_autocast makes it the faster), fp32 elsewhere (an AVX2-only CPU emulates
+    # fused head + loss of nlg.kernels.head_loss_autocast makes it the faster), fp32 elsewhere (an AVX2-only CPU emulates
     # bf16: ten times slower than fp32); the recipe and cache name record the precision it resolved to
     precision: str = "auto"
     generated_documents: int = 3000  # size of the offline corpus

@@ -30,8 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from nlg.mkl_prepack import frozen_mm
-
 ATTN_SLICES = {"q": 0, "k": 1, "v": 2}
 TARGET_ORDER = ("q", "k", "v", "o", "c_fc", "c_proj", "wte")
 _ALIASES = {
@@ -39,25 +37,6 @@ _ALIASES = {
     "fc": "c_fc", "mlp.c_fc": "c_fc", "mlp_proj": "c_proj", "mlp.c_proj": "c_proj",
     "embedding": "wte", "transformer.wte": "wte",
 }
-
-
-_INT31 = 2 ** 31  # ``random_()`` on int32 draws uniformly from [0, 2^31)
-
-
-def cpu_dropout(x: torch.Tensor, p: float, scale: bool = True) -> torch.Tensor:
-    """Inverted dropout drawing one 31-bit uniform integer per element (from torch's generator, so seeds and
-    checkpointed RNG states govern it) instead of ``bernoulli_``, which costs twice as much on the CPU: each
-    element is kept with probability 1 - p (to within 2^-31) and kept ones are scaled by 1 / (1 - p), the same
-    distribution as ``nn.Dropout``. With ``scale=False`` the kept values are left unscaled, for a caller that
-    applies 1 / (1 - p) after a matmul that shrinks the tensor (LoRA: after ``A``, on r columns instead of d).
-    LoRA's input dropout (every adapted layer, every token) is a few per cent of a CPU step either way."""
-    if p <= 0.0:
-        return x
-    draws = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_()
-    keep = torch.ge(draws, round(p * _INT31), out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
-    if scale:
-        keep.mul_(1.0 / (1.0 - p))
-    return x * keep
 
 
 class LoRAError(ValueError):
@@ -141,7 +120,6 @@ class LoRAConv1D(_Mergeable, Conv1D):
         self.lora_B = nn.Parameter(self.weight.new_zeros(groups * self.slice_size, rank))
         self.lora_dropout = nn.Dropout(p=float(dropout)) if dropout > 0 else nn.Identity()
         self.merged = False
-        self.reference = False  # True: loralib's forward as written (set_reference_kernels), no speed-ups
         self.reset_lora_parameters()
 
     @property
@@ -179,32 +157,16 @@ class LoRAConv1D(_Mergeable, Conv1D):
                          dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """loralib's ``MergedLinear``: ``x W + b + (dropout(x) A^T) B^T · alpha / r`` (nlg.kernels has the fast one)."""
+        if self.merged and self.training and torch.is_grad_enabled() and self.lora_A.requires_grad:
+            raise RuntimeError("LoRA weights are merged into W: call nlg.lora.unmerge_lora(model) before training")
         size_out = x.shape[:-1] + (self.nf,)
         x2 = x.reshape(-1, self.nx)
+        result = torch.addmm(self.bias, x2, self.weight)
         if self.merged:
-            if self.training and torch.is_grad_enabled() and self.lora_A.requires_grad:
-                raise RuntimeError("LoRA weights are merged into W: call nlg.lora.unmerge_lora(model) before training")
-            return torch.addmm(self.bias, x2, self.weight).view(size_out)
-        if self.reference:  # loralib's MergedLinear: x W + b + (dropout(x) A^T) B^T · alpha / r
-            result = torch.addmm(self.bias, x2, self.weight)
-            update = (self.lora_dropout(x2) @ self.lora_A.t()) @ self._b_full()
-            return (result + update * self.scaling).view(size_out)
-        # dropout(x) @ A^T for every adapted slice in one matmul; then x @ W, onto which one thin in-place matmul
-        # adds the B blocks (in their slices' columns, zero elsewhere) and the bias (a row of B against a column
-        # of ones): one pass over the output for LoRA and bias together, none in the backward
-        if self.training and type(self.lora_dropout) is nn.Dropout and x2.device.type == "cpu":
-            p = self.lora_dropout.p
-            after_a = cpu_dropout(x2, p, scale=False) @ self.lora_A.t()  # (N, G·r)
-            if p > 0.0:
-                after_a.mul_(1.0 / (1.0 - p))  # dropout's scale, on G·r columns instead of nx
-        else:
-            after_a = self.lora_dropout(x2) @ self.lora_A.t()  # (N, G·r)
-        if torch.is_autocast_enabled(x2.device.type):  # in-place accumulation would mix dtypes
-            lora_and_bias = torch.addmm(self.bias, after_a, self._b_full(), alpha=self.scaling)
-            return torch.addmm(lora_and_bias, x2, self.weight).view(size_out)
-        a_and_one = torch.cat([after_a, after_a.new_ones(after_a.shape[0], 1)], dim=1)  # (N, G·r + 1)
-        b_and_bias = torch.cat([self._b_full() * self.scaling, self.bias.unsqueeze(0)], dim=0)  # (G·r + 1, nf)
-        return frozen_mm(x2, self.weight).addmm_(a_and_one, b_and_bias).view(size_out)
+            return result.view(size_out)
+        update = (self.lora_dropout(x2) @ self.lora_A.t()) @ self._b_full()
+        return (result + update * self.scaling).view(size_out)
 
     def to_conv1d(self) -> Conv1D:
         """A plain Conv1D sharing this module's weight and bias (merge first to keep the update)."""
@@ -343,15 +305,6 @@ def inject_lora(
             raise LoRAError("LoRA on wte needs GPT-2's tied LM head (lm_head.weight is transformer.wte.weight)")
         tr.wte = LoRAEmbedding(tr.wte, rank, alpha)
         model.lm_head = LoRATiedHead(model.lm_head, tr.wte)
-    return model
-
-
-def set_reference_kernels(model: nn.Module, on: bool = True) -> nn.Module:
-    """Make every LoRA layer compute loralib's forward as written (``nn.Dropout``, no pre-packed weights, no fused
-    bias): the trainer's ``--kernels reference``. Returns the model."""
-    for _, m in lora_modules(model):
-        if isinstance(m, LoRAConv1D):
-            m.reference = bool(on)
     return model
 
 

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from nlg import distributed as dist_utils
-from nlg import packed as packed_path
+from nlg import kernels
 from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, read_encoded, total_steps, valid_batches
 from nlg.checkpoint import (latest_checkpoint, load_best, load_latest_complete, remove_stale_temporaries, rng_state,
                             save_best, save_checkpoint,
@@ -44,13 +44,11 @@ from nlg.config import (DATASETS, KERNELS, METHODS, PRETRAIN_DATASET, TrainConfi
                         load_recipe_file, paper_train_config)
 from nlg.io_utils import (RunLock, RunLockedError, atomic_open, cli_error, file_sha256, remove_paths,
                           write_json)
-from nlg.lora import set_reference_kernels
 from nlg.loss import MaskedLMLoss
 from nlg.tensorboard_log import REPORT_TO, TensorBoardUnavailable, open_mirror
 from nlg.tensorboard_log import check_available as check_tensorboard
 from nlg.methods import get_method
 from nlg.methods.counts import count_line, exact_counts
-from nlg.mkl_prepack import Packs, pack_frozen
 from nlg.models import is_random_model, load_model
 from nlg.optim import SCHEDULES, build_optimizer, set_lr
 
@@ -184,31 +182,6 @@ def _is_synthetic(train_data: str) -> bool:
     return any((d / "synthetic.json").is_file() for d in (folder, folder.parent))
 
 
-def cpu_packs(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> Packs | None:
-    """The frozen weights packed once for MKL's GEMM (nlg.mkl_prepack) when ``--cpu-prepack`` applies: CPU, fp32,
-    and a stock GPT-2 stack, whose packed forward (nlg.packed) is what uses them; else None."""
-    if cfg.cpu_prepack and device.type == "cpu" and cfg.precision == "fp32" and packed_path.supports(model):
-        return pack_frozen(model)
-    return None
-
-
-def fuse_gelu(model: torch.nn.Module) -> int:
-    """Compute GPT-2's tanh GELU with PyTorch's fused kernel instead of transformers' seven-op Python formula.
-
-    Same function (0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the authors' ``gelu`` too), equal to float
-    rounding (|diff| <= 1 ulp); on CPU it removes about a tenth of a LoRA step's time. Returns how many were swapped.
-    """
-    from transformers.activations import NewGELUActivation
-
-    swapped = 0
-    for module in model.modules():
-        act = getattr(module, "act", None)
-        if isinstance(act, NewGELUActivation):
-            module.act = torch.nn.GELU(approximate="tanh")
-            swapped += 1
-    return swapped
-
-
 # ---------------------------------------------------------------- the run
 @dataclasses.dataclass
 class Progress:
@@ -296,27 +269,23 @@ class Trainer:
                              f"({cfg.model}); use --seq-len {model.config.n_positions} or less")
         torch.manual_seed(cfg.seed)  # the method's initialisation does not depend on how the base was built
         model = self.method.apply(model, cfg)
-        reference = cfg.kernels == "reference"  # plain modules: no fused GELU, LoRA as loralib writes it
-        if reference:
-            set_reference_kernels(model)
-        else:
-            fuse_gelu(model)
         self.model = model.to(self.dist.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise TrainError(f"method {cfg.method!r} left no trainable parameter")
         self.optimizer = build_optimizer(self.params, cfg)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.precision == "fp16")
-        self.loss_module = (MaskedLMLoss(self.model, packed=False, fused=False) if reference
-                            else MaskedLMLoss(self.model))
+        fast = cfg.kernels == "fast"  # else the reference: plain modules, LoRA as loralib writes it
+        self.loss_module = kernels.loss_module(self.model) if fast else MaskedLMLoss(self.model)
         self.ddp = None
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.ddp = DDP(self.loss_module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
-        self.packs = None if reference else cpu_packs(cfg, self.model, self.dist.device)  # after DDP's broadcast of the weights; freed
-        # when run() ends
+        # after DDP's broadcast of the weights (the pre-packed copies are made from them); packs freed when run() ends
+        self.kernels = (kernels.install(self.model, self.dist.device, cfg.precision, prepack=cfg.cpu_prepack)
+                        if fast else None)
         self.tensorboard = None  # opened by run() on the main process when --report-to tensorboard
         self.progress = Progress()
         self.pad_rng = random.Random(PAD_RNG_SEED)
@@ -485,8 +454,8 @@ class Trainer:
                                                self.progress.step + 1 if self.mode == "resume" else None)
             return self._run()
         finally:
-            if self.packs is not None:
-                self.packs.release()
+            if self.kernels is not None:
+                self.kernels.release_packs()
             if self.tensorboard is not None:
                 self.tensorboard.close()
                 self.tensorboard = None

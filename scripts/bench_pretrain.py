@@ -12,8 +12,8 @@ decay, the linear warm-up schedule, gradient clipping):
 - ``ours``: a ``nlg.train.Trainer`` built from ``PretrainConfig(...).train_config(...)``, one step being exactly
   what ``Trainer._run`` does per update: ``collate`` + ``Trainer._micro_step`` + ``Trainer._update`` (internals:
   ``Trainer.run`` cannot be interleaved with another loop, and it also validates and checkpoints);
-  the trainer's CPU kernels include ``nlg.equal_length_attention`` (one batched SDPA call when every block has
-  the same length) and, under bf16 autocast, ``nlg.head_loss_autocast`` (the fused LM head + loss).
+  the trainer's CPU kernels include ``nlg.kernels.equal_length_attention`` (one batched SDPA call when every block has
+  the same length) and, under bf16 autocast, ``nlg.kernels.head_loss_autocast`` (the fused LM head + loss).
 
 All variants run in one process, interleaved: one untimed warm-up step each, then ``--rounds`` rounds in which
 each variant in turn times ``--steps`` steps (A B C A B C ...), every variant stepping through the same batches
@@ -261,10 +261,10 @@ def profile(variants, examples, prec: str, top: int) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from nlg.equal_length_attention import batched_causal_attention
-    from nlg.head_loss import LogitsBuffer
+    from nlg.kernels.equal_length_attention import batched_causal_attention
+    from nlg.kernels.head_loss import LogitsBuffer
     from nlg.loss import masked_lm_loss
-    from nlg.varlen_attention import varlen_causal_attention
+    from nlg.kernels.varlen_attention import varlen_causal_attention
 
     out = {}
     for v in variants:
@@ -330,9 +330,9 @@ def profile(variants, examples, prec: str, top: int) -> dict:
 
     comp = {
         f"LM head + loss fwd+bwd ({m} rows x {c.vocab_size}): plain (autograd, transformers' loss)": _best_of(head_plain),
-        f"LM head + loss fwd+bwd: ours (nlg.loss: {'nlg.head_loss' if dtype is None else 'nlg.head_loss_autocast'})":
+        f"LM head + loss fwd+bwd: ours (nlg.kernels.loss: {'nlg.kernels.head_loss' if dtype is None else 'nlg.kernels.head_loss_autocast'})":
             _best_of(head_ours),
-        f"attention fwd+bwd x {c.n_layer} layers: per sequence (nlg.varlen_attention, mixed lengths)":
+        f"attention fwd+bwd x {c.n_layer} layers: per sequence (nlg.kernels.varlen_attention, mixed lengths)":
             c.n_layer * _best_of(attn(lambda q: varlen_causal_attention(q, bounds, heads, dh ** -0.5))),
         f"attention fwd+bwd x {c.n_layer} layers: batched SDPA (plain; ours on equal lengths)":
             c.n_layer * _best_of(attn(lambda q: batched_causal_attention(q, length, heads, dh ** -0.5))),

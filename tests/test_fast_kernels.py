@@ -1,6 +1,6 @@
 """The kernels that make pretraining and decoding fast, against the plain formulations they replace:
-batched attention for equal-length packed blocks (nlg.equal_length_attention), the fused LM head + loss under
-CPU bf16 autocast (nlg.head_loss_autocast, chosen by nlg.loss.masked_lm_loss), and the two-stage top-k of the
+batched attention for equal-length packed blocks (nlg.kernels.equal_length_attention), the fused LM head + loss under
+CPU bf16 autocast (nlg.kernels.head_loss_autocast, chosen by nlg.kernels.loss.fast_masked_lm_loss), and the two-stage top-k of the
 beam search (nlg.beam.row_topk)."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nlg import loss as loss_mod
+from nlg.kernels import loss as loss_mod
 from nlg.beam import row_topk
-from nlg.equal_length_attention import causal_attention, equal_length
-from nlg.head_loss import LogitsBuffer
-from nlg.head_loss_autocast import autocast_head_cross_entropy_sum, fused_autocast_head_applies
-from nlg.varlen_attention import varlen_causal_attention
+from nlg.kernels.equal_length_attention import causal_attention, equal_length
+from nlg.kernels.head_loss import LogitsBuffer
+from nlg.kernels.head_loss_autocast import autocast_head_cross_entropy_sum, fused_autocast_head_applies
+from nlg.kernels.varlen_attention import varlen_causal_attention
 from tests.test_train_kernels import causal_attention_bounds
 from tests.tolerance import assert_within, f64
 
@@ -134,11 +134,11 @@ def test_masked_lm_loss_takes_the_fused_autocast_head(monkeypatch):
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fused_autocast_head_applies(hidden, head)
-        fused = loss_mod.masked_lm_loss(hidden, head, targets, mask, 0.1)
-        plain = loss_mod.masked_lm_loss(hidden, head, targets, mask, 0.1, fused=False)
+        fused = loss_mod.fast_masked_lm_loss(hidden, head, targets, mask, 0.1)
+        plain = loss_mod.fast_masked_lm_loss(hidden, head, targets, mask, 0.1, fused=False)
     assert calls == [1]  # fused=False is the autograd reference, never the kernel
     assert abs(float(fused.detach()) - float(plain.detach())) <= 1e-5 * float(plain.detach())
-    assert not fused_autocast_head_applies(hidden, head)  # outside autocast: nlg.head_loss's fp32 route instead
+    assert not fused_autocast_head_applies(hidden, head)  # outside autocast: nlg.kernels.head_loss's fp32 route instead
 
 
 @pytest.mark.parametrize("rows,width,k", [(7, 50257, 10), (3, 1000, 4), (5, 640, 10), (2, 300, 10), (4, 97, 3)])

@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from nlg.config import paper_train_config
-from nlg.lora import inject_lora, lora_modules, set_reference_kernels
+from nlg import kernels
+from nlg.kernels import FastLoRAConv1D
+from nlg.lora import LoRAConv1D, inject_lora, lora_modules
 from nlg.loss import MaskedLMLoss
 from nlg.models import build_random
-from nlg.train import TrainError, Trainer, fuse_gelu, train
+from nlg.train import TrainError, Trainer, train
 from tests.conftest import FIXTURES
 
 DATA = FIXTURES / "authors_train_step" / "train.jsonl"
@@ -40,10 +42,10 @@ def _model(reference: bool):
         for _, m in lora_modules(model):
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g, dtype=torch.float64) * 0.05)
     if reference:
-        set_reference_kernels(model)
-        return model, MaskedLMLoss(model, packed=False, fused=False)
-    fuse_gelu(model)
-    return model, MaskedLMLoss(model)
+        return model, MaskedLMLoss(model)
+    loss_fn = kernels.loss_module(model)
+    kernels.install(model)
+    return model, loss_fn
 
 
 def test_fast_loss_and_gradients_equal_the_reference_in_float64():
@@ -52,7 +54,7 @@ def test_fast_loss_and_gradients_equal_the_reference_in_float64():
     for reference in (True, False):
         model, loss_fn = _model(reference)
         model.train()
-        assert loss_fn.packed is (not reference)
+        assert getattr(loss_fn, "packed", False) is (not reference)
         loss = loss_fn(ids, pos, targets, mask, lengths=lengths, label_smooth=0.1)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -68,8 +70,7 @@ def test_fast_loss_and_gradients_equal_the_reference_in_float64():
 def test_reference_lora_forward_is_loralibs_formula_with_nn_dropouts_mask():
     torch.manual_seed(0)
     model = build_random("tiny", seed=0)
-    inject_lora(model, rank=2, alpha=8, dropout=0.1, targets=("q", "v"))
-    set_reference_kernels(model)
+    inject_lora(model, rank=2, alpha=8, dropout=0.1, targets=("q", "v"))  # the reference kernels: nothing installed
     layer = model.transformer.h[0].attn.c_attn
     with torch.no_grad():
         layer.lora_B.normal_()
@@ -95,8 +96,8 @@ def _cfg(tmp_path, name, **kw):
 
 def test_reference_mode_trains_with_plain_modules_and_is_recorded(tmp_path):
     trainer = Trainer(_cfg(tmp_path, "ref", kernels="reference"), quiet=True)
-    assert trainer.packs is None and not trainer.loss_module.packed and trainer.loss_module.fused is False
-    assert all(m.reference for _, m in lora_modules(trainer.model))
+    assert trainer.kernels is None and type(trainer.loss_module) is MaskedLMLoss
+    assert all(type(m) is LoRAConv1D for _, m in lora_modules(trainer.model))
     assert not any(isinstance(m, torch.nn.GELU) for m in trainer.model.modules())  # transformers' own GELU
     run = trainer.run()
     assert json.loads((run / "recipe.json").read_text())["kernels"] == "reference"
@@ -105,3 +106,26 @@ def test_reference_mode_trains_with_plain_modules_and_is_recorded(tmp_path):
     assert len(losses) == 6 and losses[-1] < losses[0]
     with pytest.raises(TrainError, match="unknown --kernels 'slow'"):
         train(_cfg(tmp_path, "bad", kernels="slow"), quiet=True)
+
+
+def test_install_switches_every_kernel_and_remove_puts_the_reference_back():
+    model = build_random("tiny", seed=0)
+    inject_lora(model, rank=2, alpha=8, targets=("q", "v"))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    acts = [type(b.mlp.act) for b in model.transformer.h]
+    installed = kernels.install(model, "cpu", "fp32")
+    assert [type(m) for _, m in lora_modules(model)] == [FastLoRAConv1D] * 2
+    assert all(type(b.mlp.act) is torch.nn.GELU for b in model.transformer.h)
+    assert installed.packs is None or len(installed.packs) == 4 * 2 + 2  # CPU fp32: the frozen weights packed
+    kernels.remove(model, installed)
+    assert [type(m) for _, m in lora_modules(model)] == [LoRAConv1D] * 2
+    assert [type(b.mlp.act) for b in model.transformer.h] == acts and installed.packs is None
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # same tensors, same names
+
+
+def test_fast_mode_installs_the_kernels_on_the_trained_model(tmp_path):
+    trainer = Trainer(_cfg(tmp_path, "fast", max_steps=1), quiet=True)
+    assert isinstance(trainer.loss_module, kernels.FastMaskedLMLoss) and trainer.loss_module.packed
+    assert all(type(m) is FastLoRAConv1D for _, m in lora_modules(trainer.model))
+    trainer.run()
+    assert trainer.kernels.packs is None  # freed when the run ended

@@ -12,7 +12,6 @@ from nlg.config import TrainConfig
 from nlg.lora import (
     LoRAConv1D,
     LoRAError,
-    cpu_dropout,
     count_trainable,
     inject_lora,
     lora_modules,
@@ -23,6 +22,7 @@ from nlg.lora import (
     strip_lora,
     unmerge_lora,
 )
+from nlg.kernels.lora_fast import FastLoRAConv1D, cpu_dropout
 from nlg.methods import get_method
 from nlg.models import build_random
 
@@ -72,13 +72,16 @@ def test_lora_model_equals_base_at_init_even_with_dropout(tiny_model):
         assert m.lora_A.abs().max() <= bound and m.lora_A.abs().max() > 0.5 * bound
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("targets", [("q", "v"), ("k",), ("q", "k", "v"), ("v",), ("o", "c_fc", "c_proj")])
-def test_layer_matches_slice_reference(targets):
+def test_layer_matches_slice_reference(targets, fast):
     torch.manual_seed(0)
     model = build_random("tiny", seed=3)
     inject_lora(model, rank=3, alpha=12, targets=targets)
     _randomise_b(model)
     for name, layer in lora_modules(model):
+        if fast and isinstance(layer, LoRAConv1D):
+            layer.__class__ = FastLoRAConv1D
         inp = torch.randn(2, 5, layer.nx)
         got = layer(inp)
         assert torch.allclose(got, _reference_update(inp, layer), atol=1e-5), name
@@ -170,16 +173,20 @@ def test_strip_lora_leaves_plain_gpt2_with_same_outputs(tiny_model):
     assert torch.allclose(_logits(tiny_model, ids, pos), expected, atol=1e-5)
 
 
-def test_dropout_only_on_the_lora_input_path():
+@pytest.mark.parametrize("fast", [False, True])
+def test_dropout_only_on_the_lora_input_path(fast):
     torch.manual_seed(0)
     base = Conv1D(12, 8)
     layer = LoRAConv1D(base, rank=2, alpha=4, dropout=0.5, n_slices=3, slices=(0, 2))
+    if fast:
+        layer.__class__ = FastLoRAConv1D  # what nlg.kernels.install does
     torch.nn.init.normal_(layer.lora_B)
     x = torch.randn(3, 8)
     torch.manual_seed(7)
     got = layer.train()(x)
     torch.manual_seed(7)
-    dropped = cpu_dropout(x, 0.5)  # the CPU path's dropout (same seed, same draws)
+    # the same draws: the reference's nn.Dropout (loralib's), the fast kernel's cpu_dropout on the CPU
+    dropped = cpu_dropout(x, 0.5) if fast else torch.nn.functional.dropout(x, 0.5, training=True)
     assert 0 < int((dropped == 0).sum()) < dropped.numel()
     expected = x @ base.weight + base.bias
     upd = (4 / 2) * (dropped @ layer.lora_A.T)  # both slices share one dropout mask, as in the authors' layer
@@ -331,14 +338,14 @@ def test_wte_lora_merge_unmerge_strip_keep_outputs_and_the_tie(tiny_model):
 
 
 def test_wte_lora_trains_through_the_packed_loss_and_counts_r_times_vocab_plus_d(tiny_model):
-    from nlg.loss import MaskedLMLoss
+    from nlg.kernels.loss import FastMaskedLMLoss
 
     cfg = TrainConfig(model="tiny", rank=2, lora_targets=("q", "v", "wte"))
     get_method("lora").apply(tiny_model, cfg)
     assert count_trainable(tiny_model) == 2 * (2 * 2 * 64 * 2) + 2 * (50257 + 64)
     assert get_method("lora").paper_param_count(cfg, tiny_model.config) == count_trainable(tiny_model)
     ids, pos = _inputs()
-    loss_fn = MaskedLMLoss(tiny_model)
+    loss_fn = FastMaskedLMLoss(tiny_model)
     assert loss_fn.packed  # the stock stack still runs packed; the head takes the plain (unfused) path
     loss = loss_fn(ids, pos, ids, torch.ones(ids.shape), lengths=torch.tensor([ids.shape[1]] * ids.shape[0]))
     loss.backward()

@@ -1,4 +1,4 @@
-"""MKL's packed GEMM on frozen weights (nlg.mkl_prepack) against torch.mm: values, gradients, stale packs, the
+"""MKL's packed GEMM on frozen weights (nlg.kernels.mkl_prepack) against torch.mm: values, gradients, stale packs, the
 trainer's use of it."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import gc
 import pytest
 import torch
 
-from nlg import mkl_prepack
-from nlg.mkl_prepack import frozen_mm, mm_out, pack_frozen
+from nlg.kernels import mkl_prepack
+from nlg.kernels.mkl_prepack import frozen_mm, mm_out, pack_frozen
 from tests.test_train_packed import _model, packed_and_padded
 from tests.tolerance import assert_within, f64, gamma, mag, matmul_bound
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nlg.head_loss import LogitsBuffer, head_cross_entropy_sum
+from nlg.kernels.head_loss import LogitsBuffer, head_cross_entropy_sum
 from nlg.loss import MASK_EPS
 from tests.test_train_kernels import causal_attention_bounds, head_loss_bounds
 from tests.tolerance import U32, assert_within, excess, f64, gamma, matmul_bound, within
@@ -82,7 +82,7 @@ def test_head_loss_bounds_catch_wrong_losses_and_gradients():
 
 
 def test_attention_bounds_catch_wrong_outputs():
-    from nlg.varlen_attention import varlen_causal_attention
+    from nlg.kernels.varlen_attention import varlen_causal_attention
 
     heads, dh, lengths = 4, 8, [5, 1, 12, 3]
     g = torch.Generator().manual_seed(0)

@@ -285,15 +285,15 @@ def test_mixed_precision_runs_train_end_to_end(tmp_path, precision):
 def test_cpu_prepack_trains_the_same_adapter_and_frees_its_packs(tmp_path):
     """--cpu-prepack (the CPU fp32 default: frozen weights packed for MKL's GEMM) changes float rounding only:
     the same losses and adapter as --no-cpu-prepack to fp32 tolerance, and no pack outlives the run."""
-    from nlg import mkl_prepack
+    from nlg.kernels import mkl_prepack
 
     if not mkl_prepack.available():
         pytest.skip("this torch build has no MKL packed GEMM")
     kw = dict(max_steps=4, lora_dropout=0.1)
     trainer = train_mod.Trainer(_cfg(tmp_path, "packed", **kw), quiet=True)
-    assert len(trainer.packs) == 4 * trainer.model.config.n_layer + 2 and mkl_prepack._PACKS
+    assert len(trainer.kernels.packs) == 4 * trainer.model.config.n_layer + 2 and mkl_prepack._PACKS
     packed = trainer.run()
-    assert not mkl_prepack._PACKS and len(trainer.packs) == 0
+    assert not mkl_prepack._PACKS and trainer.kernels.packs is None
     plain = train(_cfg(tmp_path, "plain", cpu_prepack=False, **kw), quiet=True)
     losses = [[json.loads(x).get("loss") for x in (p / "log.jsonl").read_text().splitlines()] for p in (packed, plain)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -1,17 +1,19 @@
 """The trainer's hand-written pieces against the plain PyTorch formulations they replace: the fused LM head +
-label-smoothed cross-entropy (nlg.head_loss), per-sequence causal attention on packed rows
-(nlg.varlen_attention), and LoRA's single-pass bias + update."""
+label-smoothed cross-entropy (nlg.kernels.head_loss), per-sequence causal attention on packed rows
+(nlg.kernels.varlen_attention), and LoRA's single-pass bias + update."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nlg import packed
-from nlg.head_loss import LogitsBuffer, head_cross_entropy_sum
-from nlg.loss import MASK_EPS, MaskedLMLoss, fused_head_applies, masked_lm_loss
+from nlg.kernels import packed
+from nlg.kernels.head_loss import LogitsBuffer, head_cross_entropy_sum
+from nlg.kernels.loss import FastMaskedLMLoss, fused_head_applies
+from nlg.kernels.loss import fast_masked_lm_loss as masked_lm_loss
+from nlg.loss import MASK_EPS
 from nlg.lora import LoRAConv1D
-from nlg.varlen_attention import varlen_causal_attention
+from nlg.kernels.varlen_attention import varlen_causal_attention
 from tests.test_train_packed import _batch, _model, packed_and_padded
 from tests.tolerance import (EXP_U20, U32, ULP_FN, assert_within, cross_entropy_bounds, f64, gamma, mag, matmul_bound,
                              softmax_bounds)
@@ -173,7 +175,7 @@ def causal_attention_bounds(qkv, bounds, heads, scale, upstream, flash=lambda le
 
 @pytest.mark.parametrize("math_max_len", [128, 4, 0])  # all by matmuls, mixed, all by the flash kernel
 def test_varlen_attention_equals_sdpa_per_sequence(math_max_len, monkeypatch):
-    from nlg import varlen_attention
+    from nlg.kernels import varlen_attention
 
     monkeypatch.setattr(varlen_attention, "MATH_MAX_LEN", math_max_len)
     heads, dh = 4, 8
@@ -223,7 +225,7 @@ def test_packed_varlen_equals_packed_grid():
 
 def test_masked_loss_module_reuses_one_logits_buffer():
     model = _model()
-    module = MaskedLMLoss(model)
+    module = FastMaskedLMLoss(model)
     b = _batch()
     first = module(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, 0.1)
     buffer = module.logits_buffer._flat

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nlg import packed
+from nlg.kernels import packed
 from nlg.batching import build_example, collate
 from nlg.config import paper_train_config
-from nlg.loss import MaskedLMLoss
+from nlg.kernels.loss import FastMaskedLMLoss
 from nlg.methods import get_method
 from nlg.models import build_random
 
@@ -41,8 +41,8 @@ def packed_and_padded(model, autocast: torch.dtype | None = None):
     for use_packed in (True, False):
         model.zero_grad()
         with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-            loss = MaskedLMLoss(model, packed=use_packed)(b.input_ids, b.position_ids, b.targets, b.mask,
-                                                          b.lengths, 0.1)
+            loss = FastMaskedLMLoss(model, packed=use_packed)(b.input_ids, b.position_ids, b.targets, b.mask,
+                                                              b.lengths, 0.1)
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                         if p.requires_grad and p.grad is not None}))
@@ -73,9 +73,9 @@ def test_packed_hidden_equals_full_forward_rows():
 @pytest.mark.parametrize("method,kw", [("adapter-h", {"adapter_dim": 4}), ("prefix-layer", {"prefix_len": 2})])
 def test_other_methods_fall_back_to_the_transformer(method, kw):
     model = _model(method, **kw)
-    assert not packed.supports(model) and not MaskedLMLoss(model).packed
+    assert not packed.supports(model) and not FastMaskedLMLoss(model).packed
     with pytest.raises(ValueError, match="stock GPT-2"):
-        MaskedLMLoss(model, packed=True)
+        FastMaskedLMLoss(model, packed=True)
 
 
 def test_hooks_or_replaced_modules_disable_the_packed_path():

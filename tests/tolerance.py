@@ -129,7 +129,7 @@ def cross_entropy_bounds(logits: torch.Tensor, logit_err: torch.Tensor, targets:
 
     ``logits`` ``[m, V]`` exact, ``logit_err`` ``[m, V]`` a bound on the error of the float32 logits actually
     used. Covers both the log-softmax route (``F.cross_entropy``: ``z - top - log S``, ``exp`` of it in the
-    backward) and the fused one (nlg.head_loss: ``exp(z - top) / S``, ``lse - z_t``, ``lse - mean z``).
+    backward) and the fused one (nlg.kernels.head_loss: ``exp(z - top) / S``, ``lse - z_t``, ``lse - mean z``).
     Returns ``(loss_rows, loss_rows_err, grad, grad_err)``: the loss per row
     ``(1 - ls) * (lse - z_t) + ls * (lse - mean z)`` (>= 0), its dlogits ``p - ls/V - (1 - ls) onehot``, and
     elementwise error bounds (the gradient's for one upstream unit; scalar factors applied to it are the

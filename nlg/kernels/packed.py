@@ -4,10 +4,10 @@ Everything in a GPT-2 block except attention works token by token, so the linear
 LoRA can run on the real tokens of a batch stacked into one ``[N_real, d]`` matrix. Only attention needs the
 sequences apart: q, k, v are scattered into a ``[B, T]`` grid (pads after the real tokens, causal attention, so a
 pad never reaches a real position), attended with ``scaled_dot_product_attention(is_causal=True)`` and gathered
-back; on the CPU each sequence is attended on its own rows instead (nlg.varlen_attention; all at once when they have
-one length, nlg.equal_length_attention), with no grid at all.
+back; on the CPU each sequence is attended on its own rows instead (nlg.kernels.varlen_attention; all at once when they have
+one length, nlg.kernels.equal_length_attention), with no grid at all.
 On E2E batches about a quarter of a padded batch's rows are padding; here they cost nothing. On the CPU in fp32
-the frozen weights' matmuls go through MKL's pre-packed copies when the trainer made them (nlg.mkl_prepack), and
+the frozen weights' matmuls go through MKL's pre-packed copies when the trainer made them (nlg.kernels.mkl_prepack), and
 GPT-2's tanh GELU through a cache-chunked kernel that keeps its derivative (``_TanhGelu``).
 
 The path calls the model's own modules (``ln_1``, ``attn.c_attn`` with its LoRA, ``attn.c_proj``, ``mlp``,
@@ -25,8 +25,8 @@ from torch import nn
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP, GPT2Attention, GPT2Block, GPT2Model
 from transformers.pytorch_utils import Conv1D
 
-from nlg.mkl_prepack import frozen_mm, has_pack
-from nlg.equal_length_attention import causal_attention
+from nlg.kernels.mkl_prepack import frozen_mm, has_pack
+from nlg.kernels.equal_length_attention import causal_attention
 
 _STOCK_FORWARD = {GPT2Block: GPT2Block.forward, GPT2Attention: GPT2Attention.forward, GPT2MLP: GPT2MLP.forward}
 
@@ -74,7 +74,7 @@ def packed_hidden(transformer: GPT2Model, input_ids: torch.Tensor, position_ids:
                   lengths: torch.Tensor, varlen: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Final hidden states of the real tokens, ``[N_real, d]`` in row-major order, and their flat indices in ``[B*T]``.
 
-    On the CPU attention runs per sequence on the packed rows (nlg.varlen_attention); elsewhere, or with
+    On the CPU attention runs per sequence on the packed rows (nlg.kernels.varlen_attention); elsewhere, or with
     ``varlen=False``, through SDPA on a padded grid.
     """
     b, t = input_ids.shape
@@ -102,7 +102,7 @@ def packed_hidden(transformer: GPT2Model, input_ids: torch.Tensor, position_ids:
 
 def _mlp_hidden(x: torch.Tensor, mlp: GPT2MLP) -> torch.Tensor:
     """``act(c_fc(x))``. For GPT-2's tanh GELU after a pre-packed frozen ``c_fc`` the bias is added inside the
-    GELU's cached chunks (nlg.mkl_prepack's matmul writes ``x @ W`` alone) instead of being copied into the
+    GELU's cached chunks (nlg.kernels.mkl_prepack's matmul writes ``x @ W`` alone) instead of being copied into the
     ``[N, 4d]`` output before the matmul."""
     act, fc = mlp.act, mlp.c_fc
     if type(act) is not nn.GELU or act.approximate != "tanh":
@@ -115,7 +115,7 @@ def _mlp_hidden(x: torch.Tensor, mlp: GPT2MLP) -> torch.Tensor:
 
 def _linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     """``conv(x)``; for a plain Conv1D as ``bias + x @ W`` with the matmul through MKL's pre-packed weight when the
-    trainer packed it (nlg.mkl_prepack), else exactly Conv1D's ``addmm``."""
+    trainer packed it (nlg.kernels.mkl_prepack), else exactly Conv1D's ``addmm``."""
     if type(conv) is Conv1D and has_pack(conv.weight) and not torch.is_autocast_enabled(x.device.type):
         return frozen_mm(x, conv.weight, acc=conv.bias.expand(x.shape[0], conv.nf).contiguous())
     return conv(x)

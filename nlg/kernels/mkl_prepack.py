@@ -159,7 +159,7 @@ class Packs:
 def _frozen_weights(model: nn.Module) -> Iterable[tuple[torch.Tensor, bool]]:
     """(weight, transpose) for every matmul the CPU trainer runs on a frozen weight: the blocks' Conv1D layers
     (LoRA's included), ``x @ W``; and a bias-free ``nn.Linear`` LM head (GPT-2's, tied to the embedding), both
-    ``h @ W^T`` (logits) and ``g @ W`` (their gradient) as nlg.head_loss computes them."""
+    ``h @ W^T`` (logits) and ``g @ W`` (their gradient) as nlg.kernels.head_loss computes them."""
     from transformers.pytorch_utils import Conv1D
 
     def frozen(w: torch.Tensor) -> bool:
@@ -252,7 +252,7 @@ def frozen_mm(x: torch.Tensor, weight: torch.Tensor, acc: torch.Tensor | None = 
 
 def mm_out(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """``torch.mm(x, weight.t() if transpose else weight, out=out)`` without autograd, through the weight's pack
-    when one is usable (the fused LM head and loss of nlg.head_loss call this)."""
+    when one is usable (the fused LM head and loss of nlg.kernels.head_loss call this)."""
     pack = _usable(x, weight, transpose)
     if pack is not None and out.dtype == torch.float32 and out.stride(1) == 1 and out.shape == (x.shape[0], pack.o):
         pack.compute(x, out, 0.0)

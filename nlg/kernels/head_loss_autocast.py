@@ -1,6 +1,6 @@
-"""The fused LM head + cross-entropy of nlg.head_loss for a step run under CPU autocast (bf16).
+"""The fused LM head + cross-entropy of nlg.kernels.head_loss for a step run under CPU autocast (bf16).
 
-Under autocast the trainer's loss (nlg.loss.masked_lm_loss) cannot use nlg.head_loss (fp32 only) and falls back to
+Under autocast the trainer's loss (nlg.loss.masked_lm_loss) cannot use nlg.kernels.head_loss (fp32 only) and falls back to
 autograd: ``lm_head(hidden).float()`` and ``F.cross_entropy``. For a small model with GPT-2's 50,257-token
 vocabulary that is most of a step: per batch of ``M`` loss rows it allocates (fresh, page-faulted) ``[M, V]``
 bf16 logits, their fp32 copy, the fp32 log-softmax, the fp32 gradient and its bf16 cast, about 18 bytes per
@@ -18,14 +18,14 @@ fp32, as under autocast, but:
   numerics: one bf16 rounding of the full sums), cast to fp32 and kept for the backward pass, which only scales them.
 
 The loss per row is ``(1 - ls) * nll + ls * mean_over_vocab(-log p)`` from the bf16-rounded logits, the value
-autocast's unfused path computes (same formula as nlg.head_loss). Used by scripts/bench_pretrain.py's
+autocast's unfused path computes (same formula as nlg.kernels.head_loss). Used by scripts/bench_pretrain.py's
 ``ours+fast`` variant; wiring it into nlg.loss is a proposed change (results/bench_pretrain.md).
 """
 from __future__ import annotations
 
 import torch
 
-from nlg.head_loss import LogitsBuffer
+from nlg.kernels.head_loss import LogitsBuffer
 
 CHUNK_ROWS = 512  # rows per fp32 softmax chunk: 512 x 50,257 x 4 B = 103 MB of scratch, reused every step.
 # Few large element-wise ops on purpose: on a 2-core machine shared with other jobs every OpenMP region pays a

@@ -1,6 +1,6 @@
 """Causal attention for a packed batch whose sequences all have the same length: one batched SDPA call.
 
-The packed forward (nlg.packed) attends each sequence on its own (nlg.varlen_attention), which pays off on E2E /
+The packed forward (nlg.kernels.packed) attends each sequence on its own (nlg.kernels.varlen_attention), which pays off on E2E /
 WebNLG / DART batches of very different lengths. Pretraining blocks (nlg.pretrain) are all ``block_size`` long:
 there is no padding to skip, and the per-sequence loop only adds operator calls: in fp32 four calls forward
 and nine backward per sequence and layer, in bf16 one flash call each way plus the copies. Measured
@@ -11,15 +11,15 @@ PretrainConfig), bf16 1.52 s against 0.65 s (scripts/bench_pretrain.py --profile
 For equal lengths the packed ``[N, 3d]`` q|k|v matrix is already a ``[B, L, 3, H, dh]`` grid (sequence i holds
 rows ``i L .. (i + 1) L``), so q, k and v are strided views of it and ``scaled_dot_product_attention(is_causal=True)``
 attends them all at once, as transformers' GPT-2 does; its output ``[B, H, L, dh]`` goes back to packed ``[N, d]``.
-Any other layout goes to nlg.varlen_attention unchanged. Used by scripts/bench_pretrain.py's ``ours+fast``
-variant; wiring it into nlg.varlen_attention is a proposed change (results/bench_pretrain.md).
+Any other layout goes to nlg.kernels.varlen_attention unchanged. Used by scripts/bench_pretrain.py's ``ours+fast``
+variant; wiring it into nlg.kernels.varlen_attention is a proposed change (results/bench_pretrain.md).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from nlg.varlen_attention import varlen_causal_attention
+from nlg.kernels.varlen_attention import varlen_causal_attention
 
 
 def equal_length(bounds: tuple[tuple[int, int], ...], rows: int) -> int | None:
@@ -46,7 +46,7 @@ def batched_causal_attention(qkv: torch.Tensor, length: int, heads: int, scale: 
 
 def causal_attention(qkv: torch.Tensor, bounds: tuple[tuple[int, int], ...], heads: int,
                      scale: float) -> torch.Tensor:
-    """Drop-in for :func:`nlg.varlen_attention.varlen_causal_attention`: batched when every sequence has the
+    """Drop-in for :func:`nlg.kernels.varlen_attention.varlen_causal_attention`: batched when every sequence has the
     same length and they tile the rows, per sequence otherwise."""
     length = equal_length(tuple(bounds), qkv.shape[0])
     if length is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from nlg.mkl_prepack import mm_out
+from nlg.kernels.mkl_prepack import mm_out
 
 CHUNK_ROWS = 256  # rows of logits per chunk: 256 × 50,257 fp32 ≈ 51 MB of buffer, and matmuls that stay efficient
 

@@ -1,6 +1,6 @@
 """Causal self-attention over packed sequences of different lengths, on the CPU, without a padded grid.
 
-The packed forward (nlg.packed) keeps a batch's real tokens as one ``[N, 3d]`` q|k|v matrix. Padding them into a
+The packed forward (nlg.kernels.packed) keeps a batch's real tokens as one ``[N, 3d]`` q|k|v matrix. Padding them into a
 ``[B, H, T, dh]`` grid for ``scaled_dot_product_attention`` costs a zero-fill, a scatter, a gather and their
 backward copies, and the attention kernel then also works on every pad row up to the longest sequence. Here each
 sequence is attended on its own, reading q, k and v as strided views of the packed matrix and writing straight
