@@ -33,7 +33,7 @@ from safetensors.torch import save as st_save
 from nlg.config import TrainConfig
 from nlg.io_utils import InputFileError, atomic_open, read_json_object, write_json
 from nlg.lora import lora_settings, normalize_targets
-from nlg.methods import get_method
+from nlg.methods import HYPER_PARAMS, get_method
 from nlg.peft_import import is_peft_folder, read_peft_lora
 
 FORMAT = "nlg-adapter"
@@ -44,16 +44,9 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PAPER_ALPHA = 32.0
 SHAPE_KEYS = ("n_layer", "n_embd", "n_head")
-# TrainConfig fields that belong to each method (the rest is optimisation and bookkeeping)
-METHOD_FIELDS = {
-    "lora": ("rank", "lora_alpha", "lora_dropout", "lora_targets"),
-    "adapter-h": ("adapter_dim",),
-    "adapter-l": ("adapter_dim",),
-    "prefix-layer": ("prefix_len", "infix_len"),
-    "prefix-embed": ("prefix_len", "infix_len"),
-    "ft": (),
-    "ft-top2": (),
-}
+# TrainConfig fields that belong to each method (the rest is optimisation and bookkeeping): each Method's own
+# hyper_params, read through the registry
+METHOD_FIELDS = HYPER_PARAMS
 _AUTHORS_KEY = re.compile(r"^h\.(\d+)\.attn\.c_attn\.lora_([AB])$")
 
 
@@ -97,7 +90,8 @@ def save_adapter(model, cfg: TrainConfig, folder: str | Path, checkpoint: dict |
     ``checkpoint`` (training's record of which step's weights these are) goes into the config as is."""
     model = _unwrap(model)
     method = get_method(cfg.method)
-    state = getattr(method, "export_state", method.trainable_state)(model)  # optional hook: prefix-layer's plain prefixes
+    # a Method's export_state (prefix-layer: the plain prefixes); duck-typed stand-ins without one save what they train
+    state = getattr(method, "export_state", method.trainable_state)(model)
     return write_adapter_folder(state, cfg, _model_shape(model), folder, checkpoint=checkpoint)
 
 

@@ -15,10 +15,12 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from nlg.methods.registry import BUILTIN_NAMES
+
 DATASETS = ("e2e", "webnlg", "dart")
 PRETRAIN_DATASET = "corpus"  # TrainConfig.dataset of a pretraining run (nlg.pretrain): no paper recipe applies
 MODEL_CARDS = ("tiny", "mini", "gpt2", "gpt2-medium", "gpt2-large")
-METHODS = ("lora", "ft", "ft-top2", "adapter-h", "adapter-l", "prefix-layer", "prefix-embed")
+METHODS = BUILTIN_NAMES  # the --method choices, declared once in nlg.methods.registry
 
 
 KERNELS = ("fast", "reference")

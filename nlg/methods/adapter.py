@@ -14,13 +14,14 @@ the adapter, so the base weights keep their ``state_dict`` names and the model s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block, GPT2MLP
 
 from nlg.methods._common import MethodError, check_state, copy_into, model_device_dtype, trainable_tensors
-
-METHODS = ("adapter-h", "adapter-l")
+from nlg.methods.registry import Method
 
 
 class Adapter(nn.Module):
@@ -71,57 +72,51 @@ def _attach(module: nn.Module, cls: type, adapter: Adapter) -> None:
     module.adapter = adapter
 
 
-def apply(model: nn.Module, cfg) -> nn.Module:
-    """Freeze the model and add adapters of bottleneck ``cfg.adapter_dim`` (``--adapter-dim``)."""
-    if cfg.method not in METHODS:
-        raise MethodError(f"nlg.methods.adapter implements {' and '.join(METHODS)}, not {cfg.method!r}")
-    r = int(cfg.adapter_dim)
-    if r <= 0:
-        raise MethodError(f"{cfg.method} needs --adapter-dim > 0 (the bottleneck width r), got {cfg.adapter_dim}")
-    model.requires_grad_(False)
-    device, dtype = model_device_dtype(model)
-    d = model.config.n_embd
-    eps = model.config.layer_norm_epsilon
-    for block in model.transformer.h:
-        if cfg.method == "adapter-h":
-            _attach(block.attn, AdaptedAttention, Adapter(d, r, "gelu", False, eps, device, dtype))
-            _attach(block.mlp, AdaptedMLP, Adapter(d, r, "gelu", False, eps, device, dtype))
-        else:
-            _attach(block, AdaptedBlock, Adapter(d, r, "relu", True, eps, device, dtype))
-    return model
+@dataclass(frozen=True)
+class BottleneckAdapters(Method):
+    """Adapters of bottleneck ``--adapter-dim`` r, placed as Houlsby et al. (``houlsby``) or Lin et al. do.
+
+    Decoding runs them as they are (the default ``for_inference``): they sit after non-linear steps and cannot be
+    merged into W."""
+
+    houlsby: bool = True
+
+    def apply(self, model: nn.Module, cfg) -> nn.Module:
+        """Freeze the model and add adapters of bottleneck ``cfg.adapter_dim`` (``--adapter-dim``)."""
+        r = int(cfg.adapter_dim)
+        if r <= 0:
+            raise MethodError(f"{self.name} needs --adapter-dim > 0 (the bottleneck width r), got {cfg.adapter_dim}")
+        model.requires_grad_(False)
+        device, dtype = model_device_dtype(model)
+        d = model.config.n_embd
+        eps = model.config.layer_norm_epsilon
+        for block in model.transformer.h:
+            if self.houlsby:
+                _attach(block.attn, AdaptedAttention, Adapter(d, r, "gelu", False, eps, device, dtype))
+                _attach(block.mlp, AdaptedMLP, Adapter(d, r, "gelu", False, eps, device, dtype))
+            else:
+                _attach(block, AdaptedBlock, Adapter(d, r, "relu", True, eps, device, dtype))
+        return model
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Adapter weights (and Adapter^L's LayerNorms): everything a run trains and saves."""
+        state = {k: v for k, v in trainable_tensors(model).items() if ".adapter." in k}
+        if not state:
+            raise MethodError("the model has no adapters: call apply() first")
+        return state
+
+    def load_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Copy saved adapter tensors into a model prepared by ``apply`` (exact names and shapes)."""
+        expected = self.trainable_state(model)
+        check_state(expected, state, "adapter")
+        copy_into(expected, state)
+
+    def paper_param_count(self, cfg, model_config) -> int:
+        """|Θ| = L̂_Adpt · (2 · d · r + r + d) + 2 · L̂_LN · d (paper Section 5.1)."""
+        d, r, n_layer = model_config.n_embd, int(cfg.adapter_dim), model_config.n_layer
+        n_adapters, n_ln = (2 * n_layer, 0) if self.houlsby else (n_layer, n_layer)
+        return n_adapters * (2 * d * r + r + d) + 2 * n_ln * d
 
 
-def _adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    state = {k: v for k, v in trainable_tensors(model).items() if ".adapter." in k}
-    if not state:
-        raise MethodError("the model has no adapters: call apply() first")
-    return state
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter weights (and Adapter^L's LayerNorms): everything a run trains and saves."""
-    return _adapter_state(model)
-
-
-def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy saved adapter tensors into a model prepared by ``apply`` (exact names and shapes)."""
-    expected = _adapter_state(model)
-    check_state(expected, state, "adapter")
-    copy_into(expected, state)
-
-
-def for_inference(model: nn.Module) -> nn.Module:
-    """Adapters stay as extra modules: they sit after non-linear steps and cannot be merged into W."""
-    return model.eval()
-
-
-def paper_param_count(cfg, model_config) -> int:
-    """|Θ| = L̂_Adpt · (2 · d · r + r + d) + 2 · L̂_LN · d (paper Section 5.1)."""
-    d, r, n_layer = model_config.n_embd, int(cfg.adapter_dim), model_config.n_layer
-    if cfg.method == "adapter-h":
-        n_adapters, n_ln = 2 * n_layer, 0
-    elif cfg.method == "adapter-l":
-        n_adapters, n_ln = n_layer, n_layer
-    else:
-        raise MethodError(f"nlg.methods.adapter implements {' and '.join(METHODS)}, not {cfg.method!r}")
-    return n_adapters * (2 * d * r + r + d) + 2 * n_ln * d
+ADAPTER_H = BottleneckAdapters("adapter-h", hyper_params=("adapter_dim",), houlsby=True)
+ADAPTER_L = BottleneckAdapters("adapter-l", hyper_params=("adapter_dim",), houlsby=False)

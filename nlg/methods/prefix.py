@@ -23,15 +23,17 @@ context); decoding prompts must be left-padded (as the beam search does) so that
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import DynamicCache
 from transformers.models.gpt2.modeling_gpt2 import GPT2Model
 
 from nlg.methods._common import MethodError, check_state, copy_into, model_device_dtype
+from nlg.methods.registry import Method
 from nlg.tokenizer import EOS_ID
 
-METHODS = ("prefix-layer", "prefix-embed")
 DEFAULT_MID_DIM = 512  # Li & Liang's --mid_dim for table-to-text
 KV_KEY = "transformer.prefix_tuning.key_values"
 
@@ -179,106 +181,103 @@ def insert_special_tokens(spec: PrefixEmbeddings, embeds, mask, pos, input_ids, 
     return new_embeds, new_mask, new_pos, out_index
 
 
-def _settings(cfg) -> tuple[int, int, int]:
-    if cfg.method not in METHODS:
-        raise MethodError(f"nlg.methods.prefix implements {' and '.join(METHODS)}, not {cfg.method!r}")
-    l_p, l_i = int(cfg.prefix_len), int(cfg.infix_len)
-    mid = int(getattr(cfg, "prefix_mid_dim", DEFAULT_MID_DIM) or DEFAULT_MID_DIM)
-    if l_p < 0 or l_i < 0:
-        raise MethodError(f"--prefix-len and --infix-len must be >= 0, got {l_p} and {l_i}")
-    if cfg.method == "prefix-layer":
-        if l_p <= 0:
-            raise MethodError("prefix-layer needs --prefix-len > 0")
-        if l_i:
-            raise MethodError("prefix-layer takes no --infix-len: key/value-only infix positions would have no output "
-                              "to predict the first completion token from (the paper's GPT-2 PreLayer uses prefixes "
-                              "only); use prefix-embed for an infix")
-    elif l_p + l_i <= 0:
-        raise MethodError("prefix-embed needs --prefix-len + --infix-len > 0")
-    return l_p, l_i, mid
+@dataclass(frozen=True)
+class PrefixTuning(Method):
+    """PreLayer (``kind`` "layer": prefixes in every layer's cache) or PreEmbed ("embed": special input tokens)."""
 
+    kind: str = "layer"
 
-def _transformer(model: nn.Module) -> PrefixGPT2Model:
-    t = model.transformer
-    if not isinstance(t, PrefixGPT2Model):
-        raise MethodError("the model has no prefixes: call apply() first")
-    return t
+    def _settings(self, cfg) -> tuple[int, int, int]:
+        l_p, l_i = int(cfg.prefix_len), int(cfg.infix_len)
+        mid = int(getattr(cfg, "prefix_mid_dim", DEFAULT_MID_DIM) or DEFAULT_MID_DIM)
+        if l_p < 0 or l_i < 0:
+            raise MethodError(f"--prefix-len and --infix-len must be >= 0, got {l_p} and {l_i}")
+        if self.kind == "layer":
+            if l_p <= 0:
+                raise MethodError("prefix-layer needs --prefix-len > 0")
+            if l_i:
+                raise MethodError("prefix-layer takes no --infix-len: key/value-only infix positions would have no "
+                                  "output to predict the first completion token from (the paper's GPT-2 PreLayer "
+                                  "uses prefixes only); use prefix-embed for an infix")
+        elif l_p + l_i <= 0:
+            raise MethodError("prefix-embed needs --prefix-len + --infix-len > 0")
+        return l_p, l_i, mid
 
+    def _transformer(self, model: nn.Module) -> PrefixGPT2Model:
+        t = model.transformer
+        if not isinstance(t, PrefixGPT2Model):
+            raise MethodError("the model has no prefixes: call apply() first")
+        if t.prefix_kind != self.kind:
+            raise MethodError(f"the model has prefix-{t.prefix_kind} prefixes, not {self.name}'s")
+        return t
 
-def apply(model: nn.Module, cfg) -> nn.Module:
-    """Freeze GPT-2 and add the prefix parameters (``--prefix-len``, ``--infix-len``, ``--prefix-mid-dim``)."""
-    l_p, l_i, mid = _settings(cfg)
-    t = model.transformer
-    if isinstance(t, PrefixGPT2Model):
-        raise MethodError("the model already has prefixes: apply() was called twice")
-    model.requires_grad_(False)
-    device, dtype = model_device_dtype(model)
-    c = model.config
-    t.__class__ = PrefixGPT2Model
-    t.prefix_len, t.infix_len, t.prefix_mid_dim = l_p, l_i, mid
-    if cfg.method == "prefix-layer":
-        t.prefix_kind = "layer"
-        t.prefix_tuning = PrefixLayerEncoder(c.n_layer, c.n_head, c.n_embd, l_p, mid, device, dtype)
-    else:
-        t.prefix_kind = "embed"
-        t.prefix_tuning = PrefixEmbeddings(t.wte, l_p, l_i)
-    return model
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What the optimizer updates and a checkpoint must hold to resume: PreLayer's embedding + MLP (or its plain
-    prefixes once collapsed), PreEmbed's special-token embeddings."""
-    t = _transformer(model)
-    if isinstance(t.prefix_tuning, PlainPrefix):
-        return {KV_KEY: t.prefix_tuning.key_values.detach()}
-    return {f"transformer.prefix_tuning.{k}": v.detach() for k, v in t.prefix_tuning.named_parameters()}
-
-
-def export_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What the final adapter file holds: PreLayer's plain prefixes (the MLP is dropped), else ``trainable_state``."""
-    t = _transformer(model)
-    if t.prefix_kind == "layer":
-        with torch.no_grad():
-            return {KV_KEY: t._kv_for_cache(t.wte.weight.dtype).detach().contiguous()}
-    return trainable_state(model)
-
-
-def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a training-form state (PreLayer MLP) or plain prefixes; plain prefixes switch the model to decoding form."""
-    t = _transformer(model)
-    if t.prefix_kind == "layer" and KV_KEY in state:
-        c = model.config
-        shape = (c.n_layer, 2, c.n_head, t.prefix_len, c.n_embd // c.n_head)
-        check_state({KV_KEY: torch.empty(shape, device="meta")}, state, "prefix-layer")
+    def apply(self, model: nn.Module, cfg) -> nn.Module:
+        """Freeze GPT-2 and add the prefix parameters (``--prefix-len``, ``--infix-len``, ``--prefix-mid-dim``)."""
+        l_p, l_i, mid = self._settings(cfg)
+        t = model.transformer
+        if isinstance(t, PrefixGPT2Model):
+            raise MethodError("the model already has prefixes: apply() was called twice")
+        model.requires_grad_(False)
         device, dtype = model_device_dtype(model)
-        t.prefix_tuning = PlainPrefix(state[KV_KEY].detach().to(device=device, dtype=dtype).clone())
-        return
-    if isinstance(t.prefix_tuning, PlainPrefix):  # back to the training form, then load its tensors
+        c = model.config
+        t.__class__ = PrefixGPT2Model
+        t.prefix_len, t.infix_len, t.prefix_mid_dim = l_p, l_i, mid
+        t.prefix_kind = self.kind
+        if self.kind == "layer":
+            t.prefix_tuning = PrefixLayerEncoder(c.n_layer, c.n_head, c.n_embd, l_p, mid, device, dtype)
+        else:
+            t.prefix_tuning = PrefixEmbeddings(t.wte, l_p, l_i)
+        return model
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What the optimizer updates and a checkpoint must hold to resume: PreLayer's embedding + MLP (or its plain
+        prefixes once collapsed), PreEmbed's special-token embeddings."""
+        t = self._transformer(model)
+        if isinstance(t.prefix_tuning, PlainPrefix):
+            return {KV_KEY: t.prefix_tuning.key_values.detach()}
+        return {f"transformer.prefix_tuning.{k}": v.detach() for k, v in t.prefix_tuning.named_parameters()}
+
+    def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What the final adapter file holds: PreLayer's plain prefixes (the MLP is dropped), else
+        ``trainable_state``."""
+        t = self._transformer(model)
+        if self.kind == "layer":
+            with torch.no_grad():
+                return {KV_KEY: t._kv_for_cache(t.wte.weight.dtype).detach().contiguous()}
+        return self.trainable_state(model)
+
+    def load_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load a training-form state (PreLayer MLP) or plain prefixes; plain prefixes switch the model to decoding
+        form."""
+        t = self._transformer(model)
         c = model.config
         device, dtype = model_device_dtype(model)
-        t.prefix_tuning = PrefixLayerEncoder(c.n_layer, c.n_head, c.n_embd, t.prefix_len, t.prefix_mid_dim,
-                                             device, dtype).requires_grad_(True)
-    expected = {f"transformer.prefix_tuning.{k}": v for k, v in t.prefix_tuning.named_parameters()}
-    check_state(expected, state, f"prefix-{t.prefix_kind}")
-    copy_into(expected, state)
+        if self.kind == "layer" and KV_KEY in state:
+            shape = (c.n_layer, 2, c.n_head, t.prefix_len, c.n_embd // c.n_head)
+            check_state({KV_KEY: torch.empty(shape, device="meta")}, state, "prefix-layer")
+            t.prefix_tuning = PlainPrefix(state[KV_KEY].detach().to(device=device, dtype=dtype).clone())
+            return
+        if isinstance(t.prefix_tuning, PlainPrefix):  # back to the training form, then load its tensors
+            t.prefix_tuning = PrefixLayerEncoder(c.n_layer, c.n_head, c.n_embd, t.prefix_len, t.prefix_mid_dim,
+                                                 device, dtype).requires_grad_(True)
+        expected = {f"transformer.prefix_tuning.{k}": v for k, v in t.prefix_tuning.named_parameters()}
+        check_state(expected, state, self.name)
+        copy_into(expected, state)
+
+    def for_inference(self, model: nn.Module) -> nn.Module:
+        """PreLayer: replace the MLP by the plain prefixes it produces. PreEmbed: unchanged. Both stay in the cache."""
+        t = self._transformer(model)
+        if self.kind == "layer" and isinstance(t.prefix_tuning, PrefixLayerEncoder):
+            t.prefix_tuning = PlainPrefix(self.export_state(model)[KV_KEY])
+        return model.eval()
+
+    def paper_param_count(self, cfg, model_config) -> int:
+        """PreLayer: L · d · (l_p + l_i); PreEmbed: d · (l_p + l_i) (paper Section 5.1). The PreLayer formula counts
+        one d-vector per layer and position; the saved key/value prefixes hold two (2 · L · d · l_p)."""
+        n = int(cfg.prefix_len) + int(cfg.infix_len)
+        layers = model_config.n_layer if self.kind == "layer" else 1
+        return layers * model_config.n_embd * n
 
 
-def for_inference(model: nn.Module) -> nn.Module:
-    """PreLayer: replace the MLP by the plain prefixes it produces. PreEmbed: unchanged. Both stay in the cache."""
-    t = _transformer(model)
-    if t.prefix_kind == "layer" and isinstance(t.prefix_tuning, PrefixLayerEncoder):
-        plain = export_state(model)[KV_KEY]
-        t.prefix_tuning = PlainPrefix(plain)
-    return model.eval()
-
-
-def paper_param_count(cfg, model_config) -> int:
-    """PreLayer: L · d · (l_p + l_i); PreEmbed: d · (l_p + l_i) (paper Section 5.1). The PreLayer formula counts
-    one d-vector per layer and position; the saved key/value prefixes hold two (2 · L · d · l_p)."""
-    d = model_config.n_embd
-    n = int(cfg.prefix_len) + int(cfg.infix_len)
-    if cfg.method == "prefix-layer":
-        return model_config.n_layer * d * n
-    if cfg.method == "prefix-embed":
-        return d * n
-    raise MethodError(f"nlg.methods.prefix implements {' and '.join(METHODS)}, not {cfg.method!r}")
+PREFIX_LAYER = PrefixTuning("prefix-layer", hyper_params=("prefix_len", "infix_len"), kind="layer")
+PREFIX_EMBED = PrefixTuning("prefix-embed", hyper_params=("prefix_len", "infix_len"), kind="embed")
