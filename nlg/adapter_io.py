@@ -20,9 +20,10 @@ q,v layout; they do not record alpha, so it is an argument (the paper's 32).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
-import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from nlg.config import TrainConfig
-from nlg.io_utils import InputFileError, atomic_open, read_json_object, write_json
+from nlg.config import TrainConfig, field_value
+from nlg.io_utils import InputFileError, atomic_group, atomic_open, cli_error, json_text, read_json_object, saving
 from nlg.lora import lora_settings, normalize_targets
 from nlg.methods import HYPER_PARAMS, get_method
 from nlg.peft_import import is_peft_folder, read_peft_lora
@@ -67,10 +68,19 @@ def _to_cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def _write_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def _write_pair(folder: Path, weights_name: str, state: dict[str, torch.Tensor], metadata: dict[str, str],
+                config: dict, what: str) -> None:
+    """Weights and config of one adapter folder, renamed into place together or not at all: a full disk leaves
+    the previous pair, never new tensors beside an old config. Errors are one line naming the folder."""
     data = st_save(_to_cpu_state(state), metadata=metadata)
-    with atomic_open(path, "wb") as handle:
-        handle.write(data)
+    had = (folder / weights_name).is_file()
+    kept = f"the previous {what} is kept" if had else f"no {what} was written"
+    with saving(folder, f"the {what}", kept):
+        folder.mkdir(parents=True, exist_ok=True)
+        # (both layouts, ours and PEFT's, name their config adapter_config.json)
+        with atomic_group([folder / weights_name, folder / CONFIG_FILE], mode="wb") as (weights, conf):
+            weights.write(data)
+            conf.write(json_text(config).encode("utf-8"))
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -121,9 +131,7 @@ def write_adapter_folder(state: dict[str, torch.Tensor], cfg: TrainConfig, model
     }
     if checkpoint is not None:
         config["checkpoint"] = dict(checkpoint)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_safetensors(folder / ADAPTER_FILE, state, {"format": FORMAT, "method": cfg.method})
-    write_json(folder / CONFIG_FILE, config)
+    _write_pair(folder, ADAPTER_FILE, state, {"format": FORMAT, "method": cfg.method}, config, "adapter")
     return folder
 
 
@@ -152,9 +160,12 @@ def _check_shape(model, expected: dict, where: Path) -> None:
         raise InputFileError(where, f"adapter does not fit the base model: {detail}")
 
 
-def _apply_and_load(model, cfg: TrainConfig, state: dict[str, torch.Tensor], where: Path):
+def _apply_and_load(model, cfg: TrainConfig, state: dict[str, torch.Tensor], where: Path, config_path: Path):
     method = get_method(cfg.method)
-    method.apply(model, cfg)
+    try:
+        method.apply(model, cfg)
+    except ValueError as exc:  # settings that pass the checks yet do not fit this model
+        raise InputFileError(config_path, str(exc)) from exc
     try:
         method.load_state(model, state)
     except (ValueError, KeyError, RuntimeError) as exc:
@@ -214,14 +225,73 @@ def read_adapter(path: str | Path, base_model: str | None = None, lora_alpha: fl
     if not isinstance(config.get("format_version"), int) or config["format_version"] > FORMAT_VERSION:
         raise InputFileError(config_path, f"format_version {config.get('format_version')!r} is not one this code "
                                           f"reads (<= {FORMAT_VERSION})")
-    try:
-        cfg = TrainConfig.from_json(json.dumps(config["train_config"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputFileError(config_path, f"bad train_config ({type(exc).__name__}: {exc})") from exc
+    cfg = _stored_train_config(config, config_path)
     if base_model is not None:
         cfg.model = base_model
     state = _read_safetensors(weights_path)
     return StoredAdapter(state, cfg, dict(config.get("model_shape") or {}), config_path, weights_path)
+
+
+def _key_line(path: Path, key: str, within: str | None = "train_config") -> int | None:
+    """The line of ``"key":`` (after ``"within":`` when given) in a JSON file written one key per line, or None."""
+    text = path.read_text(encoding="utf-8")
+    start = 0
+    if within is not None:
+        outer = re.compile(rf'"{re.escape(within)}"\s*:').search(text)
+        if outer is None:
+            return None
+        start = outer.end()
+    found = re.compile(rf'"{re.escape(key)}"\s*:').search(text, start)
+    return text.count("\n", 0, found.start()) + 1 if found else None
+
+
+def _hyper_problem(cfg: TrainConfig) -> tuple[str, str] | None:
+    """(train_config key, why) for a method setting no model can be built with, or None: caught here, at the key's
+    line, rather than as an unnamed error deep in model building."""
+    if cfg.method not in METHOD_FIELDS:
+        return "method", f"unknown method {cfg.method!r}; expected one of {', '.join(METHOD_FIELDS)}"
+    if cfg.method == "lora":
+        if cfg.rank < 1:
+            return "rank", f"LoRA rank must be a positive integer, got {cfg.rank}"
+        if not 0.0 <= cfg.lora_dropout < 1.0:
+            return "lora_dropout", f"LoRA dropout must be in [0, 1), got {cfg.lora_dropout}"
+        try:
+            normalize_targets(cfg.lora_targets)
+        except ValueError as exc:
+            return "lora_targets", str(exc)
+    if cfg.method in ("adapter-h", "adapter-l") and cfg.adapter_dim < 1:
+        return "adapter_dim", f"{cfg.method} needs adapter_dim >= 1, got {cfg.adapter_dim}"
+    if cfg.method in ("prefix-layer", "prefix-embed"):
+        from nlg.methods.prefix import _settings
+
+        try:
+            _settings(cfg)
+        except ValueError as exc:
+            return ("infix_len" if cfg.infix_len and cfg.method == "prefix-layer" else "prefix_len"), str(exc)
+    return None
+
+
+def _stored_train_config(config: dict, config_path: Path) -> TrainConfig:
+    """An adapter config's ``train_config`` as a TrainConfig: every value checked against its field's type, then
+    the method's settings against the method's rules; a bad one is an error at its file and line."""
+    raw = config.get("train_config")
+    if not isinstance(raw, dict):
+        raise InputFileError(config_path, "train_config is missing or not an object",
+                             _key_line(config_path, "train_config", within=None))
+    hints = typing.get_type_hints(TrainConfig)
+    values = {}
+    for f in dataclasses.fields(TrainConfig):  # keys this code does not know are a newer writer's: ignored
+        if f.name in raw:
+            try:
+                values[f.name] = field_value(f.name, hints[f.name], raw[f.name])
+            except ValueError as exc:
+                raise InputFileError(config_path, f"train_config {exc}", _key_line(config_path, f.name)) from None
+    cfg = TrainConfig(**values)
+    problem = _hyper_problem(cfg)
+    if problem is not None:
+        key, why = problem
+        raise InputFileError(config_path, f"train_config key {key!r}: {why}", _key_line(config_path, key))
+    return cfg
 
 
 def load_adapter(path: str | Path, model=None, base_model: str | None = None, device: str | torch.device = "cpu",
@@ -237,7 +307,7 @@ def load_adapter(path: str | Path, model=None, base_model: str | None = None, de
     if model is None:
         model = load_model(stored.cfg.model, device=device)
     _check_shape(model, stored.model_shape, stored.config_path)
-    return _apply_and_load(model, stored.cfg, stored.state, stored.weights_path), stored.cfg
+    return _apply_and_load(model, stored.cfg, stored.state, stored.weights_path, stored.config_path), stored.cfg
 
 
 def load_for_decoding(path: str | Path, base_model: str | None = None, device: str | torch.device = "cpu",
@@ -316,9 +386,7 @@ def write_peft_folder(state: dict[str, torch.Tensor], rank: int, alpha: float, t
     raw = {k: (sorted(v) if isinstance(v, set) else v) for k, v in peft_cfg.to_dict().items()}
     raw = json.loads(json.dumps(raw, default=str))
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_safetensors(folder / PEFT_WEIGHTS, out, {"format": "pt"})
-    write_json(folder / PEFT_CONFIG, raw)
+    _write_pair(folder, PEFT_WEIGHTS, out, {"format": "pt"}, raw, "PEFT adapter")
     return folder
 
 
@@ -340,9 +408,7 @@ def write_peft_prefix_folder(key_values: torch.Tensor, folder: str | Path, base_
                                   prefix_projection=False, base_model_name_or_path=base_model)
     raw = json.loads(json.dumps(peft_cfg.to_dict(), default=str))
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_safetensors(folder / PEFT_WEIGHTS, {"prompt_embeddings": rows}, {"format": "pt"})
-    write_json(folder / PEFT_CONFIG, raw)
+    _write_pair(folder, PEFT_WEIGHTS, {"prompt_embeddings": rows}, {"format": "pt"}, raw, "PEFT adapter")
     return folder
 
 
@@ -420,7 +486,8 @@ def export_authors_checkpoint(model, path: str | Path) -> Path:
         raise ValueError(f"the authors' format holds LoRA on q,v only, not {','.join(settings['targets'])}")
     state = {f"module.{k}": v.detach().cpu().clone() for k, v in get_method("lora").trainable_state(model).items()}
     path = Path(path)
-    with atomic_open(path, "wb") as handle:
+    kept = "the previous file is kept" if path.is_file() else "nothing was written"
+    with saving(path, "the authors' checkpoint", kept), atomic_open(path, "wb") as handle:
         torch.save({"model_state_dict": state}, handle)
     return path
 
@@ -480,9 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(write_peft_folder(stored.state, cfg.rank, cfg.lora_alpha, cfg.lora_targets, args.out,
                                         base_model=cfg.model, dropout=cfg.lora_dropout))
         return 0
-    except (InputFileError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (InputFileError, ValueError, OSError) as exc:
+        return cli_error(exc)
 
 
 if __name__ == "__main__":

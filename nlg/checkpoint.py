@@ -10,6 +10,10 @@ Beside them ``checkpoints/best/`` holds the trained tensors at the lowest dev lo
 ``best.json`` (step, epoch, valid_loss); it is replaced whole when a validation improves on it and is never removed
 by the rotation. The record of the best so far also travels in each step checkpoint's state, so a resumed run
 knows it.
+
+A full disk while saving (``ENOSPC``, or torch's zip writer's ``unexpected pos 1408 vs 1302`` for the same short
+write) is one ``SaveError`` line naming the folder and what was kept; the temporary folder is removed and the
+checkpoints written before stay as they were.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from typing import Any
 
 import torch
 
-from nlg.io_utils import permit_as_created, write_json
+from nlg.io_utils import permit_as_created, saving, write_json
 
 KEEP = 2
 BEST_DIR = "best"
@@ -72,14 +76,17 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, trainable: dict[str, 
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
+    previous = latest_checkpoint(run_dir)
+    kept = f"the previous checkpoint ({previous.name}) is kept" if previous else "there was no earlier checkpoint"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", suffix=".tmp", dir=root))
     try:
-        permit_as_created(tmp, directory=True)
-        torch.save({k: v.detach().cpu() for k, v in trainable.items()}, tmp / "trainable.pt")
-        torch.save(optimizer, tmp / "optimizer.pt")
-        torch.save(rng, tmp / "rng.pt")
-        write_json(tmp / "state.json", {**state, "step": step})
-        _fsync_dir(tmp)
+        with saving(final, "the checkpoint", kept):  # a full disk: one line, and the temporary folder goes
+            permit_as_created(tmp, directory=True)
+            torch.save({k: v.detach().cpu() for k, v in trainable.items()}, tmp / "trainable.pt")
+            torch.save(optimizer, tmp / "optimizer.pt")
+            torch.save(rng, tmp / "rng.pt")
+            write_json(tmp / "state.json", {**state, "step": step})
+            _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -99,13 +106,15 @@ def save_best(run_dir: str | os.PathLike, trainable: dict[str, torch.Tensor], in
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / BEST_DIR
+    kept = _best_kept(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{BEST_DIR}.", suffix=".tmp", dir=root))
     old = None
     try:
-        permit_as_created(tmp, directory=True)
-        torch.save({k: v.detach().cpu() for k, v in trainable.items()}, tmp / "trainable.pt")
-        write_json(tmp / BEST_INFO, info)
-        _fsync_dir(tmp)
+        with saving(final, "the best checkpoint", kept):
+            permit_as_created(tmp, directory=True)
+            torch.save({k: v.detach().cpu() for k, v in trainable.items()}, tmp / "trainable.pt")
+            write_json(tmp / BEST_INFO, info)
+            _fsync_dir(tmp)
         if final.exists():
             old = root / f".{BEST_DIR}.{os.getpid()}.old"
             if old.exists():
@@ -119,6 +128,17 @@ def save_best(run_dir: str | os.PathLike, trainable: dict[str, torch.Tensor], in
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _best_kept(run_dir: str | os.PathLike) -> str:
+    """What a failed save_best leaves, for its message (a best.json that cannot be read is not a reason to fail)."""
+    try:
+        previous = best_info(run_dir)
+    except (OSError, ValueError):
+        previous = {}
+    if previous is None:
+        return "there was no earlier best checkpoint"
+    return f"the previous best checkpoint (step {previous.get('step')}) is kept"
 
 
 def _best_folder(run_dir: str | os.PathLike) -> Path | None:

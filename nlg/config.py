@@ -104,11 +104,19 @@ class RecipeFileError(ValueError):
 
 def _field_value(name: str, hint, value, path: Path):
     """``value`` from a recipe file as the field's type, or a RecipeFileError naming file and key."""
+    try:
+        return field_value(name, hint, value)
+    except ValueError as exc:
+        raise RecipeFileError(f"{path}: {exc}") from None
+
+
+def field_value(name: str, hint, value):
+    """``value`` read from a file (a recipe, an adapter's train_config) as TrainConfig field ``name``'s type; a
+    ValueError ``key 'rank' must be int, got 'four'`` otherwise (a dataclass would take it and fail much later)."""
     base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     kind = base[0] if isinstance(base[0], type) else str
     optional = type(None) in typing.get_args(hint)
-    bad = RecipeFileError(f"{path}: key {name!r} must be {kind.__name__}{' or null' if optional else ''}, "
-                          f"got {value!r}")
+    bad = ValueError(f"key {name!r} must be {kind.__name__}{' or null' if optional else ''}, got {value!r}")
     if value is None:
         if optional:
             return None

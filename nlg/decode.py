@@ -12,11 +12,17 @@
   ``hypothesis``, lower-cased then tokenised with ``re.split('(\\W)')`` (on by default for both, as the authors
   always ran them); WebNLG is written three times, for all, seen (``cate`` true) and unseen categories.
 
+Predictions are paired with the formatted split they were decoded from, not merely one of the same size: when a
+``generate.<split>.json`` beside the predictions describes them (its ``predictions_sha256``), the formatted
+split's contexts, encoded as the preparer encodes them, must give its ``contexts_sha256``.
+
 CLI: ``python -m nlg.decode --run-dir RUN --dataset D --split test`` writes ``RUN/eval/<split>/``.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -24,7 +30,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from nlg.config import DATASETS, REF_NUM, default_data_dir
-from nlg.io_utils import InputFileError, cli_error, RunLock, RunLockedError, atomic_group, iter_jsonl
+from nlg.io_utils import (InputFileError, RunLock, RunLockedError, atomic_group, cli_error, file_sha256, iter_jsonl,
+                          read_json_object)
 
 END_TEXT = "<|endoftext|>"
 WEBNLG_FILTERS = ("all", "seen", "unseen")
@@ -147,11 +154,64 @@ def attach_hypotheses(groups: dict[str, Group], contexts: list[str], predictions
             group.hypothesis = hypothesis_text(ids)
     missing = [g for g in groups.values() if g.hypothesis is None]
     if missing:
+        covered = len({rec_id for _, rec_id, _ in predictions})
         raise InputFileError(
             pred_path,
             f"{len(missing)} context group(s) have no prediction, e.g. the one starting at "
-            f"{formatted_path}:{missing[0].first_line} (decode the whole split, or decode with the same --limit)",
+            f"{formatted_path}:{missing[0].first_line}: {covered} of its {len(contexts)} records have one (an "
+            "nlg.generate --limit run?); generate the whole split, or prepare the split with that --limit",
         )
+
+
+# --------------------------------------------------------------------------------------------- provenance
+def contexts_sha256(contexts: Iterable[Sequence[int]]) -> str:
+    """Digest of context token ids in order: nlg.generate records it for what it decoded, and it can be
+    recomputed from a formatted split, so predictions are never scored against another split of the same size."""
+    digest = hashlib.sha256()
+    for ids in contexts:
+        digest.update(json.dumps([int(i) for i in ids], separators=(",", ":")).encode("ascii") + b"\n")
+    return digest.hexdigest()
+
+
+def encode_contexts(contexts: Sequence[str]) -> list[list[int]]:
+    """Context strings as the preparer encodes them (data.common.encode_records: ids, then <|endoftext|>)."""
+    from nlg.tokenizer import EOS_ID, get_tokenizer
+
+    if not contexts:
+        return []
+    return [ids + [EOS_ID] for ids in get_tokenizer()(list(contexts), add_special_tokens=False)["input_ids"]]
+
+
+def generation_record(predictions: str | Path) -> tuple[Path, dict] | None:
+    """(path, content) of the ``generate.*.json`` beside ``predictions`` that describes exactly this file (same
+    sha256), or None: predictions from elsewhere (the authors'), an older run, or a file changed since."""
+    predictions = Path(predictions)
+    candidates = sorted(predictions.parent.glob("generate.*.json")) if predictions.is_file() else []
+    digest = file_sha256(predictions) if candidates else None
+    for path in candidates:
+        try:
+            record = read_json_object(path)
+        except InputFileError:
+            continue
+        if record.get("predictions_sha256") == digest:
+            return path, record
+    return None
+
+
+def check_decoded_from(formatted: str | Path, predictions: str | Path, contexts: Sequence[str]) -> bool:
+    """Refuse a formatted split that is not the one the predictions were decoded from: its first ``records``
+    contexts, encoded, must give the digest nlg.generate recorded. Returns whether there was a record to check."""
+    found = generation_record(predictions)
+    if found is None or not isinstance(found[1].get("contexts_sha256"), str):
+        return False
+    record_path, record = found
+    n = record.get("records")
+    n = n if isinstance(n, int) and n > 0 else len(contexts)
+    if len(contexts) < n or contexts_sha256(encode_contexts(contexts[:n])) != record["contexts_sha256"]:
+        raise InputFileError(formatted, f"not the split {predictions} was decoded from (its contexts differ from "
+                                        f"those of {record.get('data')}, per {record_path.name}); decode with the "
+                                        "_formatted.jsonl prepared together with that file")
+    return True
 
 
 # --------------------------------------------------------------------------------------------- writers
@@ -196,6 +256,7 @@ def decode_split(
     tl = tokenize_lower_text if tokenize_lower_text is not None else dataset != "e2e"
     records = read_formatted(formatted, need_cate=dataset == "webnlg")
     contexts = [rec["context"] for _, rec in records]
+    check_decoded_from(formatted, predictions, contexts)
     preds = read_predictions(predictions, len(records))
     written: list[Path] = []
     filters = WEBNLG_FILTERS if dataset == "webnlg" else ("all",)
@@ -227,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     predictions = args.predictions or args.run_dir / f"predictions.{args.split}.jsonl"
     out_dir = args.out_dir or args.run_dir / "eval" / args.split
     try:
+        if Path(predictions).is_file() and generation_record(predictions) is None:
+            print(f"note: {predictions}: no generate.*.json beside it records what it was decoded from; only its "
+                  f"ids are checked against {formatted}", file=sys.stderr)
         with RunLock(args.run_dir, "decode", create=False):
             paths = decode_split(args.dataset, formatted, predictions, out_dir, args.ref_num, args.tokenize_lower)
     except (InputFileError, RunLockedError, ValueError, OSError) as exc:

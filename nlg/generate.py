@@ -4,8 +4,10 @@ Reads ``RUN/recipe.json`` for the dataset and base model, loads ``RUN/adapter/``
 folder or an authors' ``.pt`` checkpoint) with ``nlg.adapter_io.load_for_decoding`` (LoRA is merged into W), decodes
 the encoded split (``{"context": ids, ...}`` per line) and writes ``RUN/predictions.<split>.jsonl`` with
 ``{"id": record index, "predict": generated ids, "text": cleaned text}`` plus ``RUN/generate.<split>.json``
-(settings, counts, timings). Under ``torchrun`` every rank decodes a shard and rank 0 writes the file in the
-original order. ``--hf-generate`` swaps in transformers' ``generate`` (different rules, see nlg/beam_hf.py).
+(settings, counts, timings, and the sha256 of the data, of its decoded contexts and of the predictions file, by
+which ``nlg.decode`` refuses a formatted split other than the one decoded). Under ``torchrun`` every rank decodes
+a shard and rank 0 writes the file in the original order. ``--hf-generate`` swaps in transformers' ``generate``
+(different rules, see nlg/beam_hf.py).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 
 from nlg.beam import PromptError, SearchStats, beam_search, check_prompt, context_window
 from nlg.config import DATASETS, DecodeConfig, default_data_dir, paper_decode_config
-from nlg.io_utils import (InputFileError, RunLock, RunLockedError, check_output, cli_error, iter_jsonl,
+from nlg.io_utils import (InputFileError, RunLock, RunLockedError, check_output, cli_error, file_sha256, iter_jsonl,
                           read_json_object, write_json, write_jsonl)
 from nlg.models import ModelLoadError
 
@@ -119,7 +121,7 @@ def generate(
 ) -> Path:
     """Decode one split into ``RUN/predictions.<split>.jsonl``; returns its path (on every rank)."""
     from nlg import distributed as dist_utils
-    from nlg.decode import hypothesis_text
+    from nlg.decode import contexts_sha256, hypothesis_text
 
     run_dir = Path(run_dir)
     recipe = read_recipe(run_dir)
@@ -129,10 +131,13 @@ def generate(
                             f"or a run folder whose recipe.json names it")
     cfg = cfg or paper_decode_config(dataset)
     cfg.check()
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1 (the number of records to decode), got {limit}")
     data = Path(data) if data else default_data_dir(dataset) / f"{split}.jsonl"
     output = Path(output) if output else run_dir / f"predictions.{split}.jsonl"
     check_output(output)  # before hours of beam search, not after
     lines, prompts = read_prompts(data, limit)
+    data_sha256 = file_sha256(data)  # now, not after hours of search
 
     info = dist_utils.setup(device)
     lock = RunLock(run_dir, "generate").acquire() if info.is_main and run_dir.is_dir() else None
@@ -159,6 +164,10 @@ def generate(
                 "seconds_per_distinct_prompt": round(seconds / distinct, 4),
                 "stopped_early_rank0": stats.stopped_early, "device": str(info.device),
                 "random_model": bool(recipe.get("random_model", source.get("base_model") == "tiny")), **source,
+                # what the predictions were made from: nlg.decode pairs them only with a formatted split whose
+                # contexts encode to these (the first "records" of it), and finds this record by the last digest
+                "data_sha256": data_sha256, "contexts_sha256": contexts_sha256(prompts),
+                "predictions_sha256": file_sha256(output),
             }
             write_json(output.with_name(f"generate.{split}.json"), summary)
             print(f"wrote {len(outs)} predictions to {output} ({seconds:.1f} s, "

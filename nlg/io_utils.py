@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -73,6 +75,62 @@ def _temp_beside(path: Path) -> str:
     return tmp
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+FULL_BELOW = 16 << 20  # free bytes under which a failed torch write is put down to a full disk
+
+
+class SaveError(OSError):
+    """A save that could not be completed (a full disk); the message says what was kept as it was."""
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Free space where ``folder`` (or its nearest existing parent) lives; None when it cannot be told."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def torch_write_failure(exc: BaseException) -> str | None:
+    """The gist of torch.save's zip-writer error for a short write (``unexpected pos 1408 vs 1302``, ``file write
+    failed``): it writes through C, so a full disk reaches Python as this RuntimeError, not as ENOSPC. None for
+    any other error."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc).strip()
+    if not re.search(r"unexpected pos|file write failed|PytorchStreamWriter failed", text):
+        return None
+    gist = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text)
+    return (gist.splitlines() or [""])[0][:120]
+
+
+@contextlib.contextmanager
+def saving(path: str | os.PathLike, what: str, kept: str):
+    """Turn a full disk while saving ``what`` to ``path`` into one SaveError line (``PATH: no space left on device
+    while saving WHAT; KEPT``). Use it inside the block that removes the temporary files, so that torch's
+    RuntimeError is judged by the free space while they still fill the disk."""
+    try:
+        yield
+    except SaveError:
+        raise
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        reason = os.strerror(exc.errno).lower()
+        raise SaveError(exc.errno, f"{reason} while saving {what}; {kept}", str(path)) from exc
+    except RuntimeError as exc:
+        gist = torch_write_failure(exc)
+        if gist is None:
+            raise
+        free = free_bytes(Path(path).parent)
+        if free is not None and free < FULL_BELOW:
+            raise SaveError(errno.ENOSPC, f"no space left on device while saving {what}; {kept}", str(path)) from exc
+        raise SaveError(errno.EIO, f"torch could not write {what} ({gist}); {kept}", str(path)) from exc
+
+
 def remove_paths(paths: Iterable[Path]) -> None:
     """Remove each file or folder that exists (folders with everything in them)."""
     for path in paths:
@@ -94,38 +152,54 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        _raise_naming(exc, path)
 
 
 @contextlib.contextmanager
-def atomic_group(paths: Iterable[str | os.PathLike], encoding: str = "utf-8"):
-    """Text files that appear together or not at all: each is written to a temporary file beside it; only when
+def atomic_group(paths: Iterable[str | os.PathLike], encoding: str = "utf-8", mode: str = "w"):
+    """Files that appear together or not at all: each is written to a temporary file beside it; only when
     every one is written, flushed and synced are they renamed into place (a full disk while writing any of them
-    leaves all the old ones). Yields the handles in the order of ``paths``."""
+    leaves all the old ones). Yields the handles in the order of ``paths``; ``mode="wb"`` for bytes."""
     paths = [Path(p) for p in paths]
     temps, handles = [], []
+    kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
+    current = None  # the file being worked on, named by an OSError that names none
     try:
         for path in paths:
+            current = path
             temps.append(_temp_beside(path))
-            handles.append(open(temps[-1], "w", encoding=encoding, newline="\n"))
+            handles.append(open(temps[-1], mode, **kwargs))
+        folders = {path.parent for path in paths}
+        current = folders.pop() if len(folders) == 1 else None  # a write in the block: which handle is unknown
         yield handles
-        for handle in handles:
+        for path, handle in zip(paths, handles):
+            current = path
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
         for tmp, path in zip(temps, paths):
+            current = path
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         for handle in handles:
             with contextlib.suppress(OSError):
                 handle.close()
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        raise
+        _raise_naming(exc, current)
+
+
+def _raise_naming(exc: BaseException, path: Path | None):
+    """Re-raise ``exc``; an OSError that names no file (a write on a full disk) first gets ``path``, so the
+    one-line CLI error says which file could not be written."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None and path is not None:
+        named = OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+        raise named from exc
+    raise exc
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
@@ -138,10 +212,14 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> int:
     return n
 
 
+def json_text(obj: Any) -> str:
+    """The project's JSON file layout (indented, sorted keys, UTF-8 as is, final newline)."""
+    return json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_open(path) as handle:
-        json.dump(obj, handle, indent=2, ensure_ascii=False, sort_keys=True)
-        handle.write("\n")
+        handle.write(json_text(obj))
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -149,14 +227,23 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     path = Path(path)
     if not path.is_file():
         raise InputFileError(path, "no such file")
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
+    with open(path, "rb") as handle:  # bytes, decoded line by line: a bad byte is reported at its own line
+        for lineno, raw in enumerate(handle, 1):
+            line = _utf8_line(raw, path, lineno)
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputFileError(path, f"not valid JSON ({exc.msg})", lineno) from None
+
+
+def _utf8_line(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(path, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                   "re-save it as UTF-8", lineno) from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:

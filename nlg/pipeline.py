@@ -27,6 +27,8 @@ from pathlib import Path
 from nlg.config import DATASETS, METHODS
 from nlg.io_utils import file_sha256, host_reachable, read_json_object, remove_paths, write_json
 
+WAY_OUT_ENV = "NLG_MISSING_SPLIT_WAY_OUT"  # data.common.WAY_OUT_ENV (not imported: the data package loads tqdm)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("NLG_SHARED_DIR", REPO.parent / "shared")) / "data"
 SHARED_SUBDIR = {"e2e": "e2e", "webnlg": "webnlg_challenge_2017", "dart": "dart"}
@@ -194,6 +196,16 @@ def _split_limits(opts: PipelineOptions) -> dict[str, int | None]:
     return limits
 
 
+def missing_split_way_out(opts: PipelineOptions, split: str) -> str:
+    """How a user of this pipeline (scripts/<dataset>.sh) does without ``split`` when its raw file is missing: the
+    preparer's own advice, its --splits flag, is not a flag they have."""
+    if split == "train":
+        return ", or train on the dev split instead: TRAIN_FROM=valid (nlg.pipeline --train-from valid)"
+    if split == opts.split and split != "valid":
+        return ", or decode and score the dev split instead: SPLIT=valid (nlg.pipeline --split valid)"
+    return "; the protocol cannot do without the dev split (training validates on it)"
+
+
 def stage_prepare(opts: PipelineOptions, run_dir: Path) -> dict:
     data_dir = run_dir / "data"
     marker = run_dir / "data_source.json"
@@ -211,7 +223,8 @@ def stage_prepare(opts: PipelineOptions, run_dir: Path) -> dict:
         args = ["--out-dir", str(data_dir), "--splits", split]
         args += ["--raw-dir", str(raw)] if raw is not None else []
         args += ["--limit", str(limit)] if limit else []
-        run_stage(f"prepare-{split}", _python_module(f"data.{opts.dataset}.prepare", args, opts, False), run_dir)
+        run_stage(f"prepare-{split}", _python_module(f"data.{opts.dataset}.prepare", args, opts, False), run_dir,
+                  env={WAY_OUT_ENV: missing_split_way_out(opts, split)})
     info = {
         "source": source,
         "raw_dir": str(raw) if raw else None,
@@ -376,6 +389,9 @@ def parse_args(argv: list[str] | None = None) -> PipelineOptions:
                    help="one run per seed in <run-dir>-s<seed> (trainer --seed), then a report across them in "
                         "<run-dir>-seeds")
     ns = p.parse_args(argv)
+    for name in ("train_limit", "valid_limit", "test_limit"):  # 0 would silently mean "no limit"
+        if getattr(ns, name) is not None and getattr(ns, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1 (records to keep), got {getattr(ns, name)}")
     values = vars(ns)
     values["generate_args"] = shlex.split(values.pop("generate_args"))
     return PipelineOptions(trainer_args=trainer_args, **values)

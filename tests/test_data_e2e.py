@@ -96,6 +96,10 @@ def _raw_with_valid(tmp_path, content: bytes):
         (b"name : A||x||y\n", "valid.txt:1: expected exactly one '||' (MR||reference), found 2"),
         (b"name : A||Fine .\n\nname : B||Fine .\n", "valid.txt:2: empty line"),
         (b"name : A||Fine .\nname : Caf\xe9||x\n", "valid.txt:2: not UTF-8 text"),
+        # an empty half is an error at its line, as the csv reader makes an empty mr or ref field
+        (b"name : A||Fine .\nname : B||\n", "valid.txt:2: empty reference"),
+        (b"name : A|| \n", "valid.txt:1: empty reference"),
+        (b"name : A||Fine .\n||Fine .\n", "valid.txt:2: empty MR"),
         (b"", "valid.txt: the file is empty"),
         (b"\n \n", "valid.txt: the file is empty"),
     ],
@@ -107,6 +111,17 @@ def test_bad_lines_name_file_and_line_and_write_nothing(tmp_path, content, messa
         prepare(raw_dir=raw, out_dir=out, splits=["valid"])
     assert message in str(err.value)
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("row, message", [('"name[B]",""', "empty reference"), ('"","B is fine ."', "empty MR")])
+def test_empty_fields_are_the_same_error_in_the_csv_and_the_line_format(tmp_path, row, message):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "devset.csv").write_text(f'mr,ref\n"name[A]","A is fine ."\n{row}\n', encoding="utf-8")
+    with pytest.raises(InputFileError) as err:
+        prepare(raw_dir=raw, out_dir=tmp_path / "out", splits=["valid"])
+    assert str(err.value) == f"{raw / 'devset.csv'}:3: {message}"
+    assert not (tmp_path / "out").exists()
 
 
 def test_failure_leaves_previous_outputs_untouched(tmp_path):

@@ -163,3 +163,63 @@ def test_e2e_line_break_in_a_hypothesis_becomes_one_space_so_counts_match(tmp_pa
     decode_split("e2e", fmt, preds, out)
     assert (out / "hypothesis.txt").read_text() == "A is a pub . It is cheap .\nB hyp\n"
     assert (out / "references.txt").read_text() == "A is a pub .\n\nB is a cafe .\n\n"
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+def _prepared(folder: Path, contexts) -> tuple[Path, Path]:
+    """A split as the preparer writes it: (formatted, encoded)."""
+    from data.common import write_split
+
+    return write_split(folder, "test", [{"context": c, "completion": f"{c} ."} for c in contexts])
+
+
+def _generated(run: Path, encoded: Path, *extra: str) -> Path:
+    from nlg.generate import main as generate_main
+
+    assert generate_main(["--run-dir", str(run), "--dataset", "e2e", "--model", "tiny", "--data", str(encoded),
+                          "--max-new-tokens", "2", "--beam", "2", "--quiet", *extra]) == 0
+    return run / "predictions.test.jsonl"
+
+
+def test_predictions_are_decoded_only_against_the_split_they_came_from(tmp_path, capsys):
+    fmt_a, enc_a = _prepared(tmp_path / "a", ["name : Alpha", "name : Beta"])
+    fmt_b, _ = _prepared(tmp_path / "b", ["name : Gamma", "name : Delta"])  # same count, other records
+    run = tmp_path / "run"
+    pred = _generated(run, enc_a)
+    record = json.loads((run / "generate.test.json").read_text())
+    assert record["predictions_sha256"] == hashlib.sha256(pred.read_bytes()).hexdigest()
+    assert record["data_sha256"] == hashlib.sha256(enc_a.read_bytes()).hexdigest()
+    capsys.readouterr()
+    argv = ["--run-dir", str(run), "--dataset", "e2e", "--split", "test", "--formatted"]
+    assert main(argv + [str(fmt_b)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {fmt_b}: not the split {pred} was decoded from (its contexts differ from those of {enc_a}, per "
+        "generate.test.json); decode with the _formatted.jsonl prepared together with that file")
+    assert not (run / "eval").exists()
+    assert main(argv + [str(fmt_a)]) == 0
+    assert len((run / "eval" / "test" / "hypothesis.txt").read_text().splitlines()) == 2
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_predictions_no_record_describes_are_decoded_with_a_note(tmp_path, capsys):
+    """The authors' predictions, or a file changed since nlg.generate wrote it: only ids and counts can be checked."""
+    fmt_a, enc_a = _prepared(tmp_path / "a", ["name : Alpha", "name : Beta"])
+    fmt_b, _ = _prepared(tmp_path / "b", ["name : Gamma", "name : Delta"])
+    run = tmp_path / "run"
+    pred = _generated(run, enc_a)
+    _jsonl(pred, [_pred(0, " one"), _pred(1, " two")])  # replaced by hand: generate.test.json describes another file
+    capsys.readouterr()
+    assert main(["--run-dir", str(run), "--dataset", "e2e", "--formatted", str(fmt_b)]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"note: {pred}: no generate.*.json beside it records what it was decoded from; only its ids are checked "
+        f"against {fmt_b}")
+
+
+def test_predictions_of_a_limited_generate_say_how_to_decode_them(tmp_path):
+    fmt_a, enc_a = _prepared(tmp_path / "a", ["name : Alpha", "name : Beta", "name : Gamma"])
+    pred = _generated(tmp_path / "run", enc_a, "--limit", "1")
+    with pytest.raises(InputFileError) as err:
+        decode_split("e2e", fmt_a, pred, tmp_path / "o")  # the first record is the one decoded: the check passes
+    assert str(err.value) == (
+        f"{pred}: 2 context group(s) have no prediction, e.g. the one starting at {fmt_a}:2: 1 of its 3 records have "
+        "one (an nlg.generate --limit run?); generate the whole split, or prepare the split with that --limit")

@@ -207,3 +207,37 @@ def test_report_flags_scores_older_than_the_predictions_they_claim_to_score(tmp_
     assert stale_outputs(run) == []
     os.utime(run / "predictions.test.jsonl", (now, now))  # decoded again after scoring
     assert stale_outputs(run) == ["eval/test is older than predictions.test.jsonl"]
+
+
+def test_a_missing_train_split_points_script_users_to_train_from_valid(tmp_path, capsys, monkeypatch):
+    """prepare's own advice (--splits) is not a flag scripts/dart.sh has: through the pipeline it says TRAIN_FROM."""
+    from data.common import WAY_OUT_ENV
+    from data.dart.prepare import main as prepare_main
+    from nlg import pipeline
+
+    assert pipeline.WAY_OUT_ENV == WAY_OUT_ENV
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    monkeypatch.delenv(WAY_OUT_ENV, raising=False)
+    assert prepare_main(["--raw-dir", str(raw), "--out-dir", str(tmp_path / "d"), "--splits", "train"]) == 1
+    assert capsys.readouterr().err.strip().endswith("or leave this split out with --splits")
+
+    run = tmp_path / "run"
+    opts = pipeline.PipelineOptions(dataset="dart", raw_dir=raw, run_dir=run)
+    with pytest.raises(pipeline.PipelineError, match="stage 'prepare-train' failed with exit code 1"):
+        pipeline.stage_prepare(opts, run)
+    error = [line for line in (run / "logs" / "prepare-train.log").read_text().splitlines()
+             if line.startswith("error:")]
+    assert len(error) == 1 and error[0].endswith(
+        "download the files the LoRA authors used, or train on the dev split instead: TRAIN_FROM=valid "
+        "(nlg.pipeline --train-from valid)")
+
+
+@pytest.mark.parametrize("flag", ["--train-limit", "--valid-limit", "--test-limit"])
+def test_a_limit_of_0_is_refused_not_read_as_no_limit(flag, capsys):
+    from nlg.pipeline import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--dataset", "e2e", flag, "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: {flag} must be >= 1 (records to keep), got 0")

@@ -206,3 +206,235 @@ def test_an_os_error_is_one_line_naming_the_path_and_nlg_debug_shows_the_traceba
     with pytest.raises(OSError):
         main(argv)
     assert taken.read_text() == "a file where the run folder should go\n"
+
+
+# ------------------------------------------------------------------------------------------------ a full disk
+TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:664] . unexpected pos 1408 vs 1302"
+
+
+def _train_argv(run, *extra):
+    return ["--model", "tiny", "--train-data", str(DATA), "--valid-data", str(DATA), "--out-dir", str(run),
+            "--seq-len", "16", "--batch-size", "4", "--warmup-steps", "2", "--save-interval", "2",
+            "--log-interval", "1", "--max-steps", "4", "--quiet", *extra]
+
+
+def _fill_the_disk_at(monkeypatch, marker, error):
+    """torch.save writes part of a file whose path contains ``marker``, then fails as on a full disk."""
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if marker in str(f):
+            with open(f, "wb") as handle:
+                handle.write(b"PK\x03\x04 half a zip")
+            raise error
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+@pytest.mark.parametrize("error,free,reason", [
+    (OSError(28, "No space left on device"), None, "no space left on device while saving the checkpoint"),
+    # torch's zip writer reports a short write so: on a full disk that is what it says; with space left, a gist
+    (RuntimeError(TORCH_SHORT_WRITE), 0, "no space left on device while saving the checkpoint"),
+    (RuntimeError(TORCH_SHORT_WRITE), 10 << 30, "torch could not write the checkpoint (unexpected pos 1408 vs 1302)"),
+])
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(
+        tmp_path, capsys, monkeypatch, error, free, reason):
+    from nlg import io_utils
+    from nlg.checkpoint import list_checkpoints, load_checkpoint
+
+    run = tmp_path / "run"
+    _fill_the_disk_at(monkeypatch, ".step-4.", error)
+    if free is not None:
+        monkeypatch.setattr(io_utils, "free_bytes", lambda folder: free)
+    assert main(_train_argv(run)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    ckpts = run / "checkpoints"
+    assert err[-1] == f"error: {ckpts / 'step-4'}: {reason}; the previous checkpoint (step-2) is kept"
+    assert not any("Traceback" in line for line in err)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-2"]  # no half-written temporary folder left
+    assert [step for step, _ in list_checkpoints(run)] == [2] and load_checkpoint(ckpts / "step-2")["state"]["step"] == 2
+
+    monkeypatch.undo()  # space again: --resume continues from step 2, nothing lost
+    assert main(_train_argv(run, "--resume")) == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    assert (run / "adapter" / "adapter.safetensors").is_file()
+
+
+def test_a_full_disk_while_saving_the_best_checkpoint_keeps_the_previous_best(tmp_path, monkeypatch):
+    from nlg.checkpoint import load_best, save_best
+    from nlg.io_utils import SaveError
+
+    save_best(tmp_path, {"w": torch.ones(2)}, {"step": 2, "epoch": 1, "valid_loss": 3.0})
+    _fill_the_disk_at(monkeypatch, ".best.", OSError(28, "No space left on device"))
+    with pytest.raises(SaveError) as err:
+        save_best(tmp_path, {"w": torch.zeros(2)}, {"step": 4, "epoch": 1, "valid_loss": 2.0})
+    assert (err.value.filename, err.value.strerror) == (
+        str(tmp_path / "checkpoints" / "best"),
+        "no space left on device while saving the best checkpoint; the previous best checkpoint (step 2) is kept")
+    best = load_best(tmp_path)
+    assert best["info"]["step"] == 2 and torch.equal(best["trainable"]["w"], torch.ones(2))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best"]
+
+
+def test_a_full_disk_while_writing_an_adapter_keeps_the_previous_pair(tmp_path, capsys, monkeypatch):
+    """The weights are written, the config's sync fails (delayed allocation): neither file is replaced."""
+    import os
+
+    from nlg import adapter_io, io_utils
+    from tests.test_adapter_io import AUTHORS_PT
+
+    out = tmp_path / "run" / "adapter"
+    assert adapter_io.main(["import-authors", str(AUTHORS_PT), "--out", str(out), "--base-model", "custom-32"]) == 0
+    before = _snapshot(out)
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(io_utils.os, "fsync", fsync)
+    capsys.readouterr()
+    assert adapter_io.main(["import-authors", str(AUTHORS_PT), "--out", str(out), "--base-model", "custom-33",
+                            "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {out}: no space left on device while saving the adapter; the previous adapter is kept")
+    assert _snapshot(out) == before  # old weights beside their old config, and no temporary file
+
+
+# ------------------------------------------------------------------------------------------------ file and line
+def test_a_training_file_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys):
+    bad = tmp_path / "train.jsonl"
+    second = b'{"context": [464, 318], "completion": [50256], "note": "caf\xe9"}\n'
+    bad.write_bytes(DATA.read_bytes().splitlines(keepends=True)[0] + second)
+    argv = ["--model", "tiny", "--train-data", str(bad), "--valid-data", str(DATA), "--out-dir",
+            str(tmp_path / "run"), "--seq-len", "16", "--batch-size", "1", "--max-steps", "1", "--quiet"]
+    assert main(argv) == 2
+    column = second.index(b"\xe9") + 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {bad}:2: not UTF-8 text (byte 0xe9 at column {column}); re-save it as UTF-8")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rank", "four", "train_config key 'rank' must be int, got 'four'"),
+    ("rank", 0, "train_config key 'rank': LoRA rank must be a positive integer, got 0"),
+    ("lora_dropout", 1.5, "train_config key 'lora_dropout': LoRA dropout must be in [0, 1), got 1.5"),
+    ("lora_targets", ["q", "zz"], "train_config key 'lora_targets': unknown LoRA target 'zz'; expected any of "
+                                  "q, k, v, o, c_fc, c_proj, wte"),
+    ("method", "lorax", "train_config key 'method': unknown method 'lorax'; expected one of lora, adapter-h, "
+                        "adapter-l, prefix-layer, prefix-embed, ft, ft-top2"),
+    ("model", 5, "train_config key 'model' must be str, got 5"),
+])
+def test_a_bad_value_in_an_adapters_train_config_names_file_and_line(tmp_path, capsys, key, value, message):
+    from nlg import adapter_io
+    from tests.test_adapter_io import AUTHORS_PT
+
+    out = tmp_path / "adapter"
+    assert adapter_io.main(["import-authors", str(AUTHORS_PT), "--out", str(out), "--base-model", "custom-32"]) == 0
+    path = out / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["train_config"][key] = value
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    capsys.readouterr()
+    assert adapter_io.main(["info", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    prefix = f"error: {path}:"
+    assert err.startswith(prefix) and err.endswith(f": {message}")
+    line = int(err[len(prefix):].split(":")[0])  # the key's own line, inside train_config
+    text = path.read_text().splitlines()
+    assert text[line - 1].strip().startswith(f'"{key}": ')
+    assert line > next(i for i, row in enumerate(text, 1) if row.strip().startswith('"train_config"'))
+
+
+# ------------------------------------------------------------------------------------------------ nlg.generate
+def _prompts(tmp_path, *contexts):
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"context": c, "completion": [50256]}) + "\n" for c in contexts))
+    return data
+
+
+def _generate_argv(tmp_path, data, *extra):
+    return ["--run-dir", str(tmp_path / "run"), "--dataset", "e2e", "--model", "tiny", "--data", str(data),
+            "--max-new-tokens", "2", "--beam", "2", "--quiet", *extra]
+
+
+def test_generate_names_file_and_line_of_an_out_of_vocabulary_token(tmp_path, capsys):
+    from nlg.generate import main as generate_main
+
+    data = _prompts(tmp_path, [464, 318], [464, 50257, 318])
+    assert generate_main(_generate_argv(tmp_path, data)) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {data}:2: token id 50257 is not in the vocabulary (0..50256)")
+    assert not (tmp_path / "run" / "predictions.test.jsonl").exists()
+
+
+def test_generate_limit_0_is_refused_as_a_limit_not_as_an_empty_split(tmp_path, capsys):
+    from nlg.generate import main as generate_main
+
+    data = _prompts(tmp_path, [464, 318])
+    assert generate_main(_generate_argv(tmp_path, data, "--limit", "0")) == 2
+    assert capsys.readouterr().err.strip() == "error: --limit must be >= 1 (the number of records to decode), got 0"
+
+
+def _no_search(monkeypatch):
+    """Loading the model means the output check came too late: fail the test there."""
+    from nlg import generate
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded: the output was not checked before the search")
+
+    monkeypatch.setattr(generate, "load_decoding_model", load)
+
+
+def test_generate_output_that_cannot_be_written_fails_before_the_search(tmp_path, capsys, monkeypatch):
+    import os
+
+    from nlg import io_utils
+    from nlg.generate import main as generate_main
+
+    data = _prompts(tmp_path, [464, 318])
+    _no_search(monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x\n")
+    assert generate_main(_generate_argv(tmp_path, data, "--output", str(blocker / "sub" / "p.jsonl"))) == 2
+    assert capsys.readouterr().err.strip() == f"error: {blocker}: is a file, cannot hold {blocker / 'sub' / 'p.jsonl'}"
+
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(io_utils.os, "access",  # what a read-only folder answers (root ignores the mode bits)
+                        lambda path, mode: False if str(path) == str(locked) else real_access(path, mode))
+    assert generate_main(_generate_argv(tmp_path, data, "--output", str(locked / "new" / "p.jsonl"))) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {locked}: not writable (read-only or no permission), cannot write {locked / 'new' / 'p.jsonl'}")
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes into a read-only folder")
+def test_generate_into_a_really_read_only_folder_fails_before_the_search(tmp_path, capsys, monkeypatch):
+    from nlg.generate import main as generate_main
+
+    data = _prompts(tmp_path, [464, 318])
+    _no_search(monkeypatch)
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert generate_main(_generate_argv(tmp_path, data, "--output", str(locked / "p.jsonl"))) == 2
+    finally:
+        locked.chmod(0o755)
+    assert "not writable (read-only or no permission)" in capsys.readouterr().err
+
+
+def test_generate_output_under_folders_not_made_yet_creates_them(tmp_path):
+    from nlg.generate import main as generate_main
+
+    data = _prompts(tmp_path, [464, 318])
+    out = tmp_path / "new" / "deeper" / "p.jsonl"
+    assert generate_main(_generate_argv(tmp_path, data, "--output", str(out))) == 0
+    assert len(out.read_text().splitlines()) == 1 and (out.parent / "generate.test.json").is_file()

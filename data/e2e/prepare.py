@@ -38,12 +38,17 @@ def locate(raw_dir: Path, split: str) -> Path:
 
 
 def parse_line(line: str, path: Path | str, lineno: int) -> dict:
-    """One ``MR||reference`` line -> record; exactly one ``||`` is required."""
+    """One ``MR||reference`` line -> record; exactly one ``||`` is required, with an MR and a reference around it
+    (an empty one is an error at its line, as the csv reader makes an empty ``mr`` or ``ref`` field)."""
     items = line.strip().split("||")
     if items == [""]:
         raise InputFileError(path, "empty line (expected 'MR||reference')", lineno)
     if len(items) != 2:
         raise InputFileError(path, f"expected exactly one '||' (MR||reference), found {len(items) - 1}", lineno)
+    if not items[0].strip():
+        raise InputFileError(path, "empty MR", lineno)
+    if not items[1].strip():
+        raise InputFileError(path, "empty reference", lineno)
     return check_record({"context": items[0], "completion": items[1]}, Path(path), f"line {lineno}")
 
 
