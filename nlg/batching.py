@@ -13,7 +13,9 @@ What is kept from the authors' ``FT_Dataset`` + ``DistributedSampler`` + ``DataL
 
 What differs, with identical losses: a batch is padded (with 0, after the real tokens) only to its longest real
 sequence instead of ``seq_len``. Causal attention means a pad never changes an earlier position, and the mask is
-never on at a pad, so the loss and its gradients are those of the authors' 512-token rows.
+never on at a pad, so the loss and its gradients are those of the authors' 512-token rows. (``--kernels
+reference`` pads to ``seq_len`` as theirs: LoRA's dropout masks are drawn on the padded rows, so their shape
+decides which random numbers fall on which token; see ``loader_seed_draw`` for the rest of their stream.)
 """
 from __future__ import annotations
 
@@ -148,9 +150,17 @@ def _bucketed(batches, examples, batch_size, window, seed, epoch, rank):
     return [out[p] for p in perm]
 
 
+def loader_seed_draw() -> None:
+    """The one draw a ``torch.utils.data.DataLoader`` makes from torch's global generator whenever an iterator is
+    made (its workers' ``_base_seed``, an int64, drawn even with ``num_workers=0``). The authors' loop makes a new
+    iterator at each training epoch and at each ``evaluate``, so these draws sit between their LoRA dropout masks;
+    ``--kernels reference`` makes them at the same points to draw the same masks."""
+    torch.empty((), dtype=torch.int64).random_()
+
+
 @dataclass
 class Batch:
-    """A collated batch; every tensor is ``[B, T]`` with ``T`` the longest real row."""
+    """A collated batch; every tensor is ``[B, T]`` with ``T`` the longest real row (or ``collate``'s ``pad_to``)."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from nlg import distributed as dist_utils
 from nlg import kernels
-from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, read_encoded, total_steps, valid_batches
+from nlg.batching import (PAD_RNG_SEED, EpochPlan, collate, loader_seed_draw, read_encoded, total_steps,
+                          valid_batches)
 from nlg.checkpoint import (latest_checkpoint, load_best, load_latest_complete, remove_stale_temporaries, rng_state,
                             save_best, save_checkpoint,
                             set_rng_state)
@@ -470,13 +471,18 @@ class Trainer:
         window = {"loss": 0.0, "updates": 0, "tokens": 0, "time": 0.0}
         pending_loss = torch.zeros((), device=self.dist.device)
         stopped = False
+        reference = cfg.kernels == "reference"
+        pad_to = cfg.seq_len if reference else None
         while p.step < self.total_steps and not stopped:
             if cfg.max_steps is None and p.epoch > cfg.epochs:
                 break
             plan = self._epoch_plan(p.epoch)
+            if reference and p.batch_in_epoch == 0:  # the authors' random stream: their epoch's DataLoader iterator
+                loader_seed_draw()
             for bi in range(p.batch_in_epoch, len(plan)):
                 t0 = time.perf_counter()
-                batch = collate([self.train_examples[i] for i in plan.batches[bi]])
+                # reference: rows padded to --seq-len as theirs, so LoRA dropout masks have their (B, seq_len, d)
+                batch = collate([self.train_examples[i] for i in plan.batches[bi]], pad_to=pad_to)
                 p.micro += 1
                 boundary = p.micro % cfg.grad_acc == 0
                 pending_loss += self._micro_step(batch, sync=boundary)
@@ -497,6 +503,8 @@ class Trainer:
                     self._log_train(window, lr, start)
                     bar.set_postfix(loss=f"{p.last_loss:.3f}", lr=f"{lr:.2e}")
                 if cfg.eval_interval and p.step % cfg.eval_interval == 0:  # before the save: it holds the record
+                    if reference:  # their evaluate()'s valid DataLoader iterator (their stream, as above)
+                        loader_seed_draw()
                     self._validate_and_record()
                     if self.dist.is_main:
                         bar.write(f"step {p.step}: valid loss {p.last_valid_loss:.4f}", file=sys.stderr)

@@ -129,3 +129,17 @@ def test_fast_mode_installs_the_kernels_on_the_trained_model(tmp_path):
     assert all(type(m) is FastLoRAConv1D for _, m in lora_modules(trainer.model))
     trainer.run()
     assert trainer.kernels.packs is None  # freed when the run ended
+
+
+def test_reference_mode_with_dropout_resumes_bit_for_bit_across_an_epoch_end(tmp_path):
+    """Reference mode's extra draws (the authors' DataLoader iterator at each epoch and --eval-interval validation,
+    nlg.batching.loader_seed_draw) are made once: 8 updates straight == 4 (the end of epoch 1), stop, resume 4."""
+    kw = dict(kernels="reference", lora_dropout=0.1, max_steps=None, epochs=2, eval_interval=3, save_interval=2)
+    straight = train(_cfg(tmp_path, "straight", **kw), quiet=True)
+    train(_cfg(tmp_path, "resumed", **kw), stop_after=4, quiet=True)
+    resumed = train(_cfg(tmp_path, "resumed", resume=True, **kw), quiet=True)
+    strip = lambda run: [{k: v for k, v in json.loads(x).items() if k not in ("tokens_per_s", "elapsed_s")}
+                         for x in (run / "log.jsonl").read_text().splitlines()]
+    assert strip(straight) == strip(resumed) and len([r for r in strip(straight) if "loss" in r]) == 8
+    a, b = (torch.load(run / "checkpoints" / "step-8" / "trainable.pt") for run in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

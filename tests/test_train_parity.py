@@ -2,10 +2,12 @@
 
 The golden numbers in tests/fixtures/authors_train_step/ were produced once by running the authors' unmodified
 code on CPU on the same tiny weights (see that folder's README); nothing of their code is in this repository.
+With LoRA dropout 0.1 the comparison is of ``--kernels reference``, which makes their random calls in their order.
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -138,3 +140,94 @@ def test_training_trajectory_equals_authors(gold, tmp_path):
             for key in ("exp_avg", "exp_avg_sq"):
                 ref = t[f"traj_{key}.h.{i}.{name}"]
                 torch.testing.assert_close(opt.state[p][key], ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+# ---------------------------------------------------------------- LoRA dropout 0.1 (issue 14)
+def _bernoulli_stream_is_the_goldens(probe: dict) -> bool:
+    """This machine's ``bernoulli_`` draws the stream the golden masks were drawn from (it depends on the CPU:
+    PyTorch uses MKL's generator on Intel CPUs and its own elsewhere)."""
+    torch.manual_seed(0)
+    mask = torch.nn.functional.dropout(torch.ones(256), 0.1, training=True)
+    return ((mask == 0).nonzero().flatten().tolist() == probe["dropped"]
+            and int(torch.randint(2**31, ()).item()) == probe["next"])
+
+
+def _dropout_trainer(tmp_path, gold, name="run", calls=None):
+    """Our trainer in reference mode with LoRA dropout 0.1, the golden loop's recipe and their initial A; ``calls``
+    receives every draw its loop makes from torch's generator, as make_golden.py logs the authors'."""
+    info, t = gold
+    traj, drop = info["traj"], info["drop"]
+    cfg = _cfg(tmp_path, lr=traj["lr"], weight_decay=traj["weight_decay"], warmup_steps=traj["warmup"],
+               epochs=traj["epochs"], label_smooth=traj["label_smooth"], adam_beta2=traj["adam_beta2"],
+               adam_eps=traj["adam_eps"], lora_dropout=drop["lora_dropout"], eval_interval=drop["eval_interval"],
+               kernels="reference", out_dir=str(tmp_path / name))
+    trainer = Trainer(cfg, quiet=True)
+    with torch.no_grad():
+        for i, block in enumerate(trainer.model.transformer.h):
+            block.attn.c_attn.lora_A.copy_(t[f"init.h.{i}.lora_A"])
+            if calls is not None:
+                block.attn.c_attn.lora_dropout.register_forward_pre_hook(
+                    lambda m, inp, i=i: calls.append(["dropout", i, inp[0].numel(), inp[0].shape[-1]])
+                    if m.training else None)
+    return trainer
+
+
+def _train_losses(run):
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in log if "loss" in r]
+
+
+def test_reference_dropout_draws_the_authors_random_calls_in_their_order(gold, tmp_path, monkeypatch):
+    """Every draw from torch's generator, in order: their DataLoader's one int64 per iterator (each epoch, each
+    evaluation) and one LoRA mask per layer and batch on x of their (B, seq_len, d) (same number of elements, same
+    memory order as our (B·seq_len, d)). Holds on any CPU; the numbers are checked by the next test."""
+    info, _ = gold
+    calls = []
+    import nlg.train
+
+    real = nlg.train.loader_seed_draw
+    monkeypatch.setattr(nlg.train, "loader_seed_draw", lambda: (calls.append(["loader"]), real()))
+    _dropout_trainer(tmp_path, gold, calls=calls).run()
+    theirs = [c if c[0] == "loader" else ["dropout", c[1], math.prod(c[2]), c[2][-1]] for c in info["drop"]["calls"]]
+    assert calls == theirs
+    assert len(theirs) == 4 + 2 * 8  # 2 epochs + 2 evaluations, 2 layers x 8 batches
+
+
+def test_training_with_lora_dropout_equals_authors(gold, tmp_path):
+    """From the RNG state their loop started in, reference mode draws their masks: their 8 per-update losses and
+    final LoRA weights; a different RNG state gives other losses (so this comparison can fail)."""
+    info, t = gold
+    drop = info["drop"]
+    if not _bernoulli_stream_is_the_goldens(drop["bernoulli_probe"]):
+        pytest.skip("this CPU's bernoulli_ draws another stream than the one the golden masks came from "
+                    "(make_golden.py on an AMD EPYC); the order of the draws is still checked above")
+    theirs = [s["loss"] for s in drop["steps"]]
+    no_dropout = [s["loss"] for s in info["traj"]["steps"]]
+    # with B = 0 the mask cannot matter: the first two losses are those without dropout; from the third on it does
+    assert theirs[:2] == no_dropout[:2] and all(abs(a - b) > 1e-5 for a, b in zip(theirs[2:], no_dropout[2:]))
+
+    trainer = _dropout_trainer(tmp_path, gold)
+    torch.set_rng_state(t["drop.rng_state"])
+    ours = _train_losses(trainer.run())
+    assert len(ours) == 8
+    for a, b in zip(ours, theirs):
+        assert a == pytest.approx(b, rel=1e-6)  # measured <= 1.8e-7 (2 float32 ulps of 10.8)
+    opt = trainer.optimizer
+    for i, block in enumerate(trainer.model.transformer.h):
+        for name in ("lora_A", "lora_B"):
+            p = getattr(block.attn.c_attn, name)
+            final = t[f"drop_final.h.{i}.{name}"]
+            assert (final - t[f"traj_final.h.{i}.{name}"]).abs().max() > 1e-5  # the masks changed the weights
+            # |A| <= 0.126, where a float32 ulp is 1.5e-8: measured <= 7.5e-9 (1 ulp); 2e-7 (~13 ulps, as the
+            # dropout-0 test) leaves room for another CPU's rounding (re-running their code elsewhere moved these
+            # weights by 1.5e-8) and is 2e4 times below what one mask drawn differently does (4e-3)
+            torch.testing.assert_close(p.detach(), final, rtol=0, atol=2e-7)
+            for key in ("exp_avg", "exp_avg_sq"):
+                ref = t[f"drop_{key}.h.{i}.{name}"]
+                torch.testing.assert_close(opt.state[p][key], ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+    other = _dropout_trainer(tmp_path, gold, name="other-seed")
+    torch.manual_seed(0)
+    shifted = _train_losses(other.run())
+    assert shifted[:2] == pytest.approx(theirs[:2], rel=1e-6)
+    assert max(abs(a - b) / abs(b) for a, b in zip(shifted[2:], theirs[2:])) > 1e-5
