@@ -262,10 +262,8 @@ def _hyper_problem(cfg: TrainConfig) -> tuple[str, str] | None:
     if cfg.method in ("adapter-h", "adapter-l") and cfg.adapter_dim < 1:
         return "adapter_dim", f"{cfg.method} needs adapter_dim >= 1, got {cfg.adapter_dim}"
     if cfg.method in ("prefix-layer", "prefix-embed"):
-        from nlg.methods.prefix import _settings
-
         try:
-            _settings(cfg)
+            get_method(cfg.method)._settings(cfg)
         except ValueError as exc:
             return ("infix_len" if cfg.infix_len and cfg.method == "prefix-layer" else "prefix_len"), str(exc)
     return None

@@ -10,7 +10,7 @@ decay, the linear warm-up schedule, gradient clipping):
   ``get_linear_schedule_with_warmup``, ``clip_grad_norm_``, ``loss.backward(); opt.step(); sched.step();
   zero_grad`` — what a transformers user writes;
 - ``ours``: a ``nlg.train.Trainer`` built from ``PretrainConfig(...).train_config(...)``, one step being exactly
-  what ``Trainer._run`` does per update: ``collate`` + ``Trainer._micro_step`` + ``Trainer._update`` (internals:
+  what ``Trainer.run``'s loop does per update: ``collate`` + ``Trainer.micro_step`` + ``Trainer.update`` (public:
   ``Trainer.run`` cannot be interleaved with another loop, and it also validates and checkpoints);
   the trainer's CPU kernels include ``nlg.kernels.equal_length_attention`` (one batched SDPA call when every block has
   the same length) and, under bf16 autocast, ``nlg.kernels.head_loss_autocast`` (the fused LM head + loss).
@@ -52,6 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from nlg.batching import PAD_RNG_SEED, EpochPlan, collate  # noqa: E402
 from nlg.config import PretrainConfig  # noqa: E402
+from nlg.train_build import autocast  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 VARIANTS = ("plain", "ours")
@@ -171,7 +172,7 @@ class Plain:
 
 
 class Ours:
-    """nlg.train.Trainer as nlg.pretrain builds it; a step is what Trainer._run does per update (grad_acc 1)."""
+    """nlg.train.Trainer as nlg.pretrain builds it; a step is what Trainer.run's loop does per update (grad_acc 1)."""
 
     name = "ours"
 
@@ -180,7 +181,7 @@ class Ours:
 
         self.trainer = Trainer(dataclasses.replace(tcfg, out_dir=str(run_dir), max_steps=total_steps),
                                device="cpu", quiet=True, overwrite=True)
-        self.trainer.model.train()  # as Trainer._run does
+        self.trainer.model.train()  # as Trainer.run does
         self.model = self.trainer.model
 
     def context(self):
@@ -188,20 +189,20 @@ class Ours:
 
     def step(self, examples) -> float:
         tr = self.trainer
-        loss = tr._micro_step(collate(examples), sync=True)
-        tr._update()
+        loss = tr.micro_step(collate(examples))
+        tr.update()
         tr.progress.step += 1
         tr.progress.micro += 1
         return float(loss)
 
-    def forward_loss(self, examples):  # profiling only: _micro_step's forward, without its backward
+    def forward_loss(self, examples):  # profiling only: micro_step's forward, without its backward
         tr = self.trainer
         b = collate(examples).to(tr.dist.device)
-        with tr._autocast():
+        with autocast(tr.cfg, tr.dist.device):
             return tr.loss_module(b.input_ids, b.position_ids, b.targets, b.mask, b.lengths, tr.cfg.label_smooth)
 
     def update(self):
-        self.trainer._update()
+        self.trainer.update()
         self.trainer.progress.step += 1
 
 
@@ -263,7 +264,7 @@ def profile(variants, examples, prec: str, top: int) -> dict:
 
     from nlg.kernels.equal_length_attention import batched_causal_attention
     from nlg.kernels.head_loss import LogitsBuffer
-    from nlg.loss import masked_lm_loss
+    from nlg.kernels.loss import fast_masked_lm_loss as masked_lm_loss
     from nlg.kernels.varlen_attention import varlen_causal_attention
 
     out = {}

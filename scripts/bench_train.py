@@ -109,7 +109,7 @@ def peak_rss_bytes() -> int:
 
 # ---------------------------------------------------------------- variants (each runs in its own process)
 def run_ours(batches, precision: str, workdir: Path) -> dict:
-    """This project's trainer, step for step as ``nlg.train`` runs it (Trainer._micro_step + Trainer._update)."""
+    """This project's trainer, step for step as ``nlg.train`` runs it (Trainer.micro_step + Trainer.update)."""
     from nlg.config import paper_train_config
     from nlg.io_utils import write_jsonl
     from nlg.train import Trainer
@@ -118,7 +118,7 @@ def run_ours(batches, precision: str, workdir: Path) -> dict:
     write_jsonl(data, [{"context": list(e.input[:1]), "completion": list(e.input[1:])} for e in batches[0]])
     cfg = paper_train_config("e2e", model="random:" + CARD, train_data=str(data), valid_data=str(data),
                              out_dir=str(workdir / "run"), precision=precision, max_steps=10**6, cpu_prepack=False)
-    import nlg.train as train_mod
+    import nlg.train_build as train_mod  # where the trainer loads its base model
     from nlg.models import build_random
 
     real_load = train_mod.load_model
@@ -137,8 +137,8 @@ def run_ours(batches, precision: str, workdir: Path) -> dict:
 
     def step(batch):
         b = collate(batch)
-        loss = trainer._micro_step(b, sync=True)
-        trainer._update()
+        loss = trainer.micro_step(b)
+        trainer.update()
         return float(loss)
 
     return _timed(step, batches, base)

@@ -325,8 +325,8 @@ def test_a_training_file_that_is_not_utf8_is_named_with_its_line(tmp_path, capsy
     ("lora_dropout", 1.5, "train_config key 'lora_dropout': LoRA dropout must be in [0, 1), got 1.5"),
     ("lora_targets", ["q", "zz"], "train_config key 'lora_targets': unknown LoRA target 'zz'; expected any of "
                                   "q, k, v, o, c_fc, c_proj, wte"),
-    ("method", "lorax", "train_config key 'method': unknown method 'lorax'; expected one of lora, adapter-h, "
-                        "adapter-l, prefix-layer, prefix-embed, ft, ft-top2"),
+    ("method", "lorax", "train_config key 'method': unknown method 'lorax'; expected one of lora, ft, ft-top2, "
+                        "adapter-h, adapter-l, prefix-layer, prefix-embed"),
     ("model", 5, "train_config key 'model' must be str, got 5"),
 ])
 def test_a_bad_value_in_an_adapters_train_config_names_file_and_line(tmp_path, capsys, key, value, message):
