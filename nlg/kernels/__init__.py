@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nlg.kernels import packed
+from nlg.kernels.packed import supports
 from nlg.kernels.loss import FastMaskedLMLoss
 from nlg.kernels.lora_fast import FastLoRAConv1D
 from nlg.kernels.mkl_prepack import Packs, pack_frozen
@@ -67,7 +67,7 @@ def install(model: nn.Module, device: torch.device | str = "cpu", precision: str
             module.__class__ = FastLoRAConv1D
             done.lora_layers.append(module)
     done.gelus = fuse_gelu(model)
-    if prepack and torch.device(device).type == "cpu" and precision == "fp32" and packed.supports(model):
+    if prepack and torch.device(device).type == "cpu" and precision == "fp32" and supports(model):
         done.packs = pack_frozen(model)  # used by the packed forward (and FastLoRAConv1D) while the weights hold
     return done
 

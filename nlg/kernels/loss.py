@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from nlg.kernels import packed
+from nlg.kernels.packed import packed_hidden, supports
 from nlg.kernels.head_loss import LogitsBuffer, head_cross_entropy_sum
 from nlg.kernels.head_loss_autocast import autocast_head_cross_entropy_sum, fused_autocast_head_applies
 from nlg.loss import MASK_EPS, MaskedLMLoss, masked_lm_loss
@@ -49,8 +49,8 @@ class FastMaskedLMLoss(MaskedLMLoss):
         super().__init__(model)
         self.fused = fused
         self.logits_buffer = LogitsBuffer()
-        self.packed = _packed_supports(model) if packed is None else packed
-        if self.packed and not _packed_supports(model):
+        self.packed = supports(model) if packed is None else packed
+        if self.packed and not supports(model):
             raise ValueError("packed=True needs a stock GPT-2 stack (see nlg.kernels.packed.supports)")
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
@@ -58,7 +58,7 @@ class FastMaskedLMLoss(MaskedLMLoss):
         if self.packed:
             if lengths is None:
                 raise ValueError("the packed forward needs each row's real length")
-            hidden, flat = packed.packed_hidden(self.model.transformer, input_ids, position_ids, lengths)
+            hidden, flat = packed_hidden(self.model.transformer, input_ids, position_ids, lengths)
             sel = mask.reshape(-1).index_select(0, flat)
             return fast_masked_lm_loss(hidden, self.model.lm_head, targets.reshape(-1).index_select(0, flat), sel,
                                        label_smooth, self.logits_buffer, fused=self.fused)
@@ -66,7 +66,3 @@ class FastMaskedLMLoss(MaskedLMLoss):
                                      use_cache=False)
         return fast_masked_lm_loss(out.last_hidden_state, self.model.lm_head, targets, mask, label_smooth,
                                    self.logits_buffer, fused=self.fused)
-
-
-def _packed_supports(model: torch.nn.Module) -> bool:
-    return packed.supports(model)
