@@ -76,6 +76,9 @@ def read_encoded(path: str | os.PathLike, seq_len: int) -> list[Example]:
                 raise InputFileError(path, f'"{key}" holds token id {bad}, outside the vocabulary 0..{VOCAB_SIZE - 1}', lineno)
         if not rec["context"]:
             raise InputFileError(path, '"context" is empty (the encoder always ends it with 50256)', lineno)
+        if not rec["completion"]:  # the authors' encoder makes an empty text [50256]: something else wrote this
+            raise InputFileError(path, '"completion" is empty (the encoder always ends it with 50256, so even an '
+                                 'empty text gives [50256])', lineno)
         examples.append(build_example(rec["context"], rec["completion"], seq_len))
     if not examples:
         raise InputFileError(path, "no records: the file is empty")

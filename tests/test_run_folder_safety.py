@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nlg.config import paper_train_config
+from nlg.io_utils import InputFileError
 from nlg.train import TrainError, main, train
 from tests.conftest import FIXTURES
 
@@ -51,11 +52,22 @@ def test_overwrite_removes_what_later_stages_made_from_the_old_run(tmp_path):
 
 
 def test_a_training_file_with_nothing_to_learn_is_refused(tmp_path):
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("".join(json.dumps({"context": [464, 318], "completion": []}) + "\n" for _ in range(8)))
-    with pytest.raises(TrainError, match="empty.jsonl: no example has a token to learn"):
-        train(_cfg(tmp_path, train_data=str(empty)), quiet=True)
+    cut = tmp_path / "cut.jsonl"  # every completion falls past --seq-len 16
+    cut.write_text("".join(json.dumps({"context": [464] * 20, "completion": [318, 50256]}) + "\n" for _ in range(8)))
+    with pytest.raises(TrainError, match="cut.jsonl: no example has a token to learn"):
+        train(_cfg(tmp_path, train_data=str(cut)), quiet=True)
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_an_empty_completion_is_an_error_at_its_line(tmp_path):
+    """The encoder ends every completion with 50256 (an empty text gives [50256]); one written [] is refused,
+    naming its line, even among good records, and nothing is written."""
+    data = tmp_path / "one_empty.jsonl"
+    good = json.dumps({"context": [464, 50256], "completion": [318, 50256]})
+    data.write_text(good + "\n" + good + "\n" + json.dumps({"context": [464, 50256], "completion": []}) + "\n")
+    with pytest.raises(InputFileError, match=r"one_empty.jsonl:3: \"completion\" is empty"):
+        train(_cfg(tmp_path, train_data=str(data)), quiet=True)
+    assert not (tmp_path / "run" / "recipe.json").exists()
 
 
 def test_a_second_writer_stops_at_once_naming_the_holder(tmp_path):
