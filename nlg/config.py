@@ -15,7 +15,10 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from nlg.methods.registry import BUILTIN_NAMES
+from nlg.run_folder import DATA
 
 DATASETS = ("e2e", "webnlg", "dart")
 PRETRAIN_DATASET = "corpus"  # TrainConfig.dataset of a pretraining run (nlg.pretrain): no paper recipe applies
@@ -157,8 +160,6 @@ def load_recipe_file(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeFileError(f"{path}: cannot read the recipe file ({exc})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -288,4 +289,4 @@ def paper_decode_config(dataset: str = "e2e", **overrides) -> DecodeConfig:
 def default_data_dir(dataset: str) -> Path:
     """Where the preparers write and the trainer reads by default: data/<dataset>/ in the checkout."""
     _check_dataset(dataset)
-    return Path(__file__).resolve().parent.parent / "data" / dataset
+    return Path(__file__).resolve().parent.parent / DATA / dataset
