@@ -96,7 +96,8 @@ class TrainConfig:
 
 
 # What nlg.train writes into recipe.json beyond the TrainConfig fields: facts about the run, not settings. A recipe
-# file may carry them (a run's own recipe.json does) and they are ignored when it is read back.
+# file may carry them (a run's own recipe.json does) and they are ignored when it is read back. random_model and
+# synthetic_data are in the recipes of runs from before provenance.json (nlg.run_folder) held them.
 RECIPE_RECORD_KEYS = ("random_model", "synthetic_data", "trainable_params", "paper_param_count", "saved_params",
                       "world_size", "total_steps", "train_examples", "valid_examples", "data_sha256")
 

@@ -194,7 +194,8 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def run(self) -> Path:
         if self.mode == "finished":
-            self.info(f"{self.run_dir}: this run already finished ({RunFolder(self.run_dir).summary.name}); nothing to do")
+            summary = RunFolder(self.run_dir).summary.name
+            self.info(f"{self.run_dir}: this run already finished ({summary}); nothing to do")
             self.folder.release()
             return self.run_dir
         try:  # on resume, TensorBoard events after the checkpoint's step go, like log.jsonl's lines

@@ -19,8 +19,8 @@ import torch
 
 from nlg import distributed as dist_utils
 from nlg.adapter_io import export_peft, peft_unexportable, save_adapter
-from nlg.checkpoint import (BEST_DIR, latest_checkpoint, load_best, load_latest_complete, remove_stale_temporaries, save_best,
-                            save_checkpoint)
+from nlg.checkpoint import (BEST_DIR, latest_checkpoint, load_best, load_latest_complete, remove_stale_temporaries,
+                            save_best, save_checkpoint)
 from nlg.config import TrainConfig
 from nlg.io_utils import atomic_open, file_sha256, remove_paths, write_json
 from nlg.models import PRETRAINED_HERE, is_random_model
