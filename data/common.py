@@ -19,11 +19,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from data.download import fetch
+from data.splits import SPLITS, check_splits
+from nlg.config import default_data_dir
 from nlg.io_utils import InputFileError, atomic_group, atomic_open, cli_error
+from nlg.run_folder import SYNTHETIC_MARKER, encoded_file, formatted_file
 from nlg.tokenizer import EOS_ID, get_tokenizer
-
-SPLITS = ("train", "valid", "test")
-SYNTHETIC_MARKER = "synthetic.json"  # written by data.synthetic; copied next to the prepared files
 
 Record = dict  # {"context": str, "completion": str[, "cate": bool]} in that key order
 
@@ -132,7 +133,7 @@ def write_split(out_dir: str | os.PathLike, split: str, records: Sequence[Record
     first and renamed into place only when both are complete, so a failure (a full disk) leaves the old pair."""
     out_dir = Path(out_dir)
     encoded = encode_records(records, vocab, desc=f"encode {split}")
-    formatted_path, encoded_path = out_dir / f"{split}_formatted.jsonl", out_dir / f"{split}.jsonl"
+    formatted_path, encoded_path = formatted_file(out_dir, split), encoded_file(out_dir, split)
     with atomic_group([formatted_path, encoded_path]) as (formatted_handle, encoded_handle):
         _write_lines(formatted_handle, records)
         _write_lines(encoded_handle, encoded)
@@ -160,14 +161,6 @@ def missing_split(dataset: str, split: str, raw_dir: Path, looked_for: Sequence[
     )
 
 
-def check_splits(splits: Iterable[str]) -> tuple[str, ...]:
-    splits = tuple(splits)
-    bad = [s for s in splits if s not in SPLITS]
-    if bad or not splits:
-        raise ValueError(f"unknown split(s) {bad or splits}; expected some of {', '.join(SPLITS)}")
-    return splits
-
-
 def run_prepare(
     dataset: str,
     locate: Locator,
@@ -179,14 +172,10 @@ def run_prepare(
     limit: int | None = None,
 ) -> dict[str, tuple[Path, Path]]:
     """Locate every split first (so a missing one stops us before anything is written), then read and write."""
-    from nlg.config import default_data_dir
-
     splits = check_splits(splits)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be a positive number of records, got {limit}")
     if raw_dir is None:
-        from data.download import fetch
-
         raw_dir = fetch(dataset, splits)
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
@@ -200,16 +189,17 @@ def run_prepare(
             raise InputFileError(source, f"{dataset} {split}: no records found")
         records[split] = recs[:limit] if limit else recs
     result = {split: write_split(out_dir, split, recs, vocab) for split, recs in records.items()}
-    _carry_synthetic_marker(raw_dir, out_dir)
+    carry_synthetic_marker(raw_dir, out_dir)
     return result
 
 
-def _carry_synthetic_marker(raw_dir: Path, out_dir: Path) -> None:
-    """Prepared data from the synthetic sample says so (reports read the marker); real data clears a stale one."""
+def carry_synthetic_marker(source_dir: Path, out_dir: Path) -> None:
+    """Data made from the synthetic sample says so in its own folder (a run's provenance copies the marker from
+    there); data made from real files clears a stale one."""
     marker = out_dir / SYNTHETIC_MARKER
-    if (raw_dir / SYNTHETIC_MARKER).is_file():
-        if raw_dir.resolve() != out_dir.resolve():
-            copy_file(raw_dir / SYNTHETIC_MARKER, marker)
+    if (source_dir / SYNTHETIC_MARKER).is_file():
+        if source_dir.resolve() != out_dir.resolve():
+            copy_file(source_dir / SYNTHETIC_MARKER, marker)
     elif marker.is_file():
         marker.unlink()
 

@@ -27,9 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data.splits import SPLITS, check_splits
 from nlg.io_utils import atomic_open
-
-from data.common import SPLITS, check_splits
 
 LORA_COMMIT = "c4593f060e6a368d7bb5af5273b8e42810cdef90"
 DEFAULT_BASE_URL = f"https://raw.githubusercontent.com/microsoft/LoRA/{LORA_COMMIT}/examples/NLG/data"

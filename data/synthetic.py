@@ -2,8 +2,9 @@
 
 Restaurant names, most slot values and all sentence templates are invented here; only the slot set and the
 line format (``MR||reference``, tokenised like the released files) follow E2E. The folder gets a
-``synthetic.json`` marker, which the E2E preparer copies next to its outputs so that later stages (training
-recipe, reports) can say the data is synthetic (:func:`is_synthetic`). Nothing here measures anything real.
+``synthetic.json`` marker, which the E2E preparer copies next to its outputs; a run trained on them records that in
+its ``provenance.json`` (nlg.run_folder), from which reports say the data is synthetic. Nothing here measures
+anything real.
 
     python -m data.synthetic [--out-dir DIR] [--seed 0] [--n-train 300] [--n-valid 50] [--n-test 50]
     python -m data.e2e.prepare --raw-dir DIR
@@ -17,10 +18,9 @@ import random
 import sys
 from pathlib import Path
 
-from nlg.io_utils import atomic_open
-
-from data.common import SYNTHETIC_MARKER
 from data.e2e.csv_format import mr_to_line_format, tokenize
+from nlg.io_utils import atomic_open
+from nlg.run_folder import SYNTHETIC_MARKER
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "e2e" / "raw_cache" / "synthetic"
 

@@ -13,6 +13,8 @@ import math
 from collections import Counter
 from typing import Sequence
 
+from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+
 from .mteval_tok import tokenize_perl, tokenize_py
 
 
@@ -98,8 +100,6 @@ def multi_bleu_detok(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> floa
 
 def nltk_bleu(hyps_tok: Sequence[str], refs_tok: Sequence[Sequence[str]]) -> float:
     """GenerationEval's BLEU NLTK on already word_tokenize-d, blank-joined texts."""
-    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
-
     list_of_refs, hyp_list = [], []
     for hyp, group in zip(hyps_tok, refs_tok):
         kept = [r for r in group if r.strip() != ""]

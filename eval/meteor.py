@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .java import JavaError, java_binary, meteor_jar, meteor_paraphrase_table
+from .meteor_paraphrase import load_index
 
 FULL_TABLE_ENV = "NLG_METEOR_FULL_TABLE"  # set to 1 to always load the whole paraphrase table
 # METEOR reads and writes its statistics with java.util.Scanner / String.format in the default locale: under a
@@ -38,8 +39,6 @@ def _filtering() -> bool:
 def _filtered_table(texts: Iterable[str], out: Path) -> bool:
     """Write the paraphrase entries usable for ``texts`` to ``out``; False (with a warning) when the index
     cannot be had, and the whole table must be used."""
-    from .meteor_paraphrase import load_index
-
     try:
         load_index().write_filtered(texts, out)
         return True

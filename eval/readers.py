@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from nlg.io_utils import InputFileError
+from nlg.io_utils import InputFileError, iter_jsonl
 
 
 def read_lines(path: str | os.PathLike, allow_empty_file: bool = False) -> list[str]:
@@ -139,8 +139,6 @@ def check_counts(refs_path, n_refs: int, hyps_path, n_hyps: int) -> None:
 
 
 def _iter_jsonl_lines(path: Path):
-    from nlg.io_utils import iter_jsonl
-
     found = False
     for lineno, rec in iter_jsonl(path):
         found = True

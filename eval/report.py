@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 
 from nlg.io_utils import InputFileError, cli_error, atomic_open, iter_jsonl, read_json_object, write_json
+from nlg.run_folder import METRICS_PNG, REPORT_DIR, RUN_LOSS_PNG, RunFolder, describe_pretrained, read_provenance
 
 from .paper import PaperRow, ours_in_paper_scale, paper_row
+from .sacrebleu_extra import LABEL
 
 LOWER_IS_BETTER = {"TER"}
 METRIC_ORDER = {
@@ -33,14 +35,13 @@ def load_run(run_dir: str | Path, split: str = "test") -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputFileError(run_dir, "no such run folder")
+    files = RunFolder(run_dir)
     run: dict = {"dir": str(run_dir), "name": run_dir.name, "missing": []}
-    for key, fname in (("recipe", "recipe.json"), ("summary", "train_summary.json"),
-                       ("scores", f"scores.{split}.json")):
-        path = run_dir / fname
+    for key, path in (("recipe", files.recipe), ("summary", files.summary), ("scores", files.scores(split))):
         run[key] = read_json_object(path, missing_ok=True)
         if run[key] is None:
-            run["missing"].append(fname)
-    log_path = run_dir / "log.jsonl"
+            run["missing"].append(path.name)
+    log_path = files.log
     run["train_curve"], run["valid_curve"] = [], []
     if log_path.is_file():
         for _, rec in iter_jsonl(log_path):
@@ -49,16 +50,17 @@ def load_run(run_dir: str | Path, split: str = "test") -> dict:
             elif "loss" in rec and rec.get("loss") is not None:
                 run["train_curve"].append((rec.get("step"), rec["loss"]))
     else:
-        run["missing"].append("log.jsonl")
+        run["missing"].append(log_path.name)
     recipe, scores = run["recipe"] or {}, run["scores"] or {}
     run["dataset"] = recipe.get("dataset") or scores.get("dataset")
     run["model"] = recipe.get("model")
     run["method"] = recipe.get("method")
-    run["random_model"] = bool(recipe.get("random_model"))
-    run["pretrained_here"] = _pretrained_here(recipe.get("model"))
-    source = _read_data_source(Path(run["dir"]))
-    run["data_source"] = source
-    run["synthetic_data"] = bool(recipe.get("synthetic_data") or source.get("synthetic_data"))
+    provenance = read_provenance(run_dir)  # what the model and the data were, recorded once by the trainer
+    here = provenance["model"]["pretrained_here"]
+    run["random_model"] = provenance["model"]["random"]
+    run["pretrained_here"] = describe_pretrained(here) if here else None
+    run["data_source"] = provenance["data"]["source"] or {}
+    run["synthetic_data"] = provenance["data"]["synthetic"]
     summary = run["summary"] or {}
     run["trainable_params"] = summary.get("trainable_params", recipe.get("trainable_params"))
     run["paper_param_count"] = recipe.get("paper_param_count")
@@ -71,8 +73,8 @@ def load_run(run_dir: str | Path, split: str = "test") -> dict:
 def stale_outputs(run_dir: Path, split: str = "test") -> list[str]:
     """Each output older than what it was made from (scores before the predictions they claim to score, ...):
     a report must not show them as current."""
-    chain = [run_dir / "adapter" / "adapter.safetensors", run_dir / f"predictions.{split}.jsonl",
-             run_dir / "eval" / split, run_dir / f"scores.{split}.json"]
+    files = RunFolder(run_dir)
+    chain = [files.adapter_weights, files.predictions(split), files.eval_dir(split), files.scores(split)]
     present = [p for p in chain if p.exists()]
 
     def mtime(p: Path) -> float:
@@ -87,21 +89,15 @@ def stale_outputs(run_dir: Path, split: str = "test") -> list[str]:
 
 def extra_lines(extra: dict) -> list[str]:
     """The extra figures of a score record (sacreBLEU with its signature), labelled as not the paper's metric."""
-    from eval.sacrebleu_extra import LABEL
-
     if LABEL in extra:
         e = extra[LABEL]
         return [f"Extra, not the paper's BLEU: {LABEL} {e['score']:.2f} (`{e['signature']}`)."]
     return [f"[{cat}] " + line for cat, sub in extra.items() if sub for line in extra_lines(sub)]
 
 
-def _read_data_source(run_dir: Path) -> dict:
-    """The pipeline's ``data_source.json`` (where the raw data came from, which split trained, record limits)."""
-    return read_json_object(run_dir / "data_source.json", missing_ok=True) or {}
-
-
 def data_line(run: dict) -> str | None:
-    """One sentence on the data a run used, when the pipeline recorded it."""
+    """One sentence on the data a run used, when a driver recorded where it came from (its ``data_source.json``,
+    as the run's provenance holds it): source, which split trained, record limits."""
     source = run.get("data_source") or {}
     if not source:
         return None
@@ -241,14 +237,6 @@ def _diff_cell(entry: dict) -> str:
         return "—"
     mark = "🟢" if entry["better_or_equal"] else "🔴"
     return f"{mark} {entry['diff']:+.2f}"
-
-
-def _pretrained_here(model: str | None) -> str | None:
-    """One line on a model that nlg.pretrain made here (its folder's pretrain.json), else None."""
-    from nlg.pretrain import describe, pretrain_info
-
-    info = pretrain_info(model) if model else None
-    return describe(info) if info else None
 
 
 def headline(runs: list[dict]) -> str:
@@ -401,18 +389,19 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, spli
         raise ValueError("no run folders given")
     runs = [load_run(d, split) for d in run_dirs]
     if out is None:
-        out = Path(run_dirs[0]) if len(runs) == 1 else Path(run_dirs[0]).parent / "report"
+        out = Path(run_dirs[0]) if len(runs) == 1 else Path(run_dirs[0]).parent / REPORT_DIR
     out = Path(out)
+    written = RunFolder(out)  # the run folder itself for one run, else a report folder with the same file names
     out.mkdir(parents=True, exist_ok=True)
     for r in runs:
         r["comparison"] = compare(r)
-        png = (Path(r["dir"]) / "loss.png") if len(runs) == 1 else out / f"loss-{r['name']}.png"
+        png = RunFolder(r["dir"]).loss_png if len(runs) == 1 else out / RUN_LOSS_PNG.format(name=r["name"])
         r["loss_png"] = png.name if plot_loss(r, png) else None
-    chart = "metrics.png" if len(runs) > 1 and plot_bars(runs, out / "metrics.png") else None
+    chart = METRICS_PNG if len(runs) > 1 and plot_bars(runs, out / METRICS_PNG) else None
     groups = seed_groups(runs)
-    with atomic_open(out / "report.md") as handle:
+    with atomic_open(written.report_md) as handle:
         handle.write(render_markdown(runs, chart, groups))
-    write_json(out / "report.json", {
+    write_json(written.report_json, {
         "headline": headline(runs),
         "split": split,
         "runs": [{k: r[k] for k in ("name", "dir", "dataset", "model", "method", "random_model", "synthetic_data", "data_source",
@@ -444,8 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         out = build_report(args.run_dirs, args.out, args.split)
     except (InputFileError, ValueError, OSError) as exc:
         return cli_error(exc)
-    print((out / "report.md").read_text(encoding="utf-8").split("\n", 1)[0])
-    print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
+    written = RunFolder(out)
+    print(written.report_md.read_text(encoding="utf-8").split("\n", 1)[0])
+    print(f"wrote {written.report_md} and {written.report_json}")
     return 0
 
 

@@ -18,21 +18,21 @@ import sys
 import time
 from pathlib import Path
 
-from nlg.io_utils import InputFileError, cli_error, RunLock, RunLockedError, write_json
+from nlg.io_utils import InputFileError, cli_error, write_json
+from nlg.run_folder import RunFolder, RunLock, RunLockedError
 
+from .e2e_metrics import score_e2e
 from .java import JavaError
 from .meteor import Meteor
 from .readers import check_counts, read_e2e_references, read_hypotheses, read_multi_references
 from .sacrebleu_extra import LABEL as SACREBLEU, sacrebleu_extra
-from .webnlg_metrics import NltkDataError
+from .webnlg_metrics import NltkDataError, score_webnlg, tokenize_pair
 
 TASKS = ("e2e", "webnlg", "dart")
 WEBNLG_CATEGORIES = ("all", "seen", "unseen")
 
 
 def score_e2e_files(refs: str | Path, hyps: str | Path, meteor: Meteor | None = None) -> dict:
-    from .e2e_metrics import score_e2e
-
     hyp_list = read_hypotheses(hyps)
     if Path(refs).suffix == ".jsonl":
         ref_groups = read_multi_references(refs)
@@ -57,8 +57,6 @@ def _read_multi_ref_files(refs: str | Path, hyps: str | Path,
 
 def score_multi_ref_files(refs: str | Path, hyps: str | Path, num_refs: int | None = None,
                           meteor: Meteor | None = None) -> dict:
-    from .webnlg_metrics import score_webnlg
-
     hyp_list, ref_groups = _read_multi_ref_files(refs, hyps, num_refs)
     return {"metrics": score_webnlg(hyp_list, ref_groups, meteor=meteor), "n": len(hyp_list),
             "num_refs": len(ref_groups[0]), "extra": {SACREBLEU: sacrebleu_extra(hyp_list, ref_groups)}}
@@ -70,8 +68,6 @@ def has_categories(folder: Path) -> bool:
 
 def score_webnlg_categories(folder: Path, num_refs: int | None = None) -> dict:
     """all / seen / unseen sub-folders, sharing one METEOR process; an empty category scores as null."""
-    from .webnlg_metrics import score_webnlg, tokenize_pair
-
     out: dict = {"metrics": {}, "n": {}, "extra": {}}
     read: dict[str, tuple] = {}  # category -> (hypotheses, references, their tokenised forms)
     for cat in WEBNLG_CATEGORIES:
@@ -97,7 +93,7 @@ def score_webnlg_categories(folder: Path, num_refs: int | None = None) -> dict:
 def score_run_dir(run_dir: str | Path, dataset: str, split: str = "test", num_refs: int | None = None) -> Path:
     """Score RUN/eval/<split>/ and write RUN/scores.<split>.json; returns that path."""
     run_dir = Path(run_dir)
-    folder = run_dir / "eval" / split
+    folder = RunFolder(run_dir).eval_dir(split)
     if not folder.is_dir():
         raise InputFileError(folder, "no such folder: run the decode stage first (it writes the reference and "
                                      "hypothesis files)")
@@ -114,7 +110,7 @@ def score_run_dir(run_dir: str | Path, dataset: str, split: str = "test", num_re
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(TASKS)}")
     record = {"dataset": dataset, "split": split, "metrics": res["metrics"], "n": res["n"],
               "extra": res["extra"], "scoring_time_s": round(time.perf_counter() - started, 2)}
-    out = run_dir / f"scores.{split}.json"
+    out = RunFolder(run_dir).scores(split)
     write_json(out, record)
     return out
 

@@ -24,7 +24,10 @@ import itertools
 import sys
 from pathlib import Path
 
+from nlg.config import default_data_dir
+from nlg.decode import group_references, read_formatted
 from nlg.io_utils import InputFileError, atomic_open, read_json_object, write_json
+from nlg.run_folder import DATA, LOSS_PNG, METRICS_PNG, REPORT_DIR, RunFolder, formatted_file
 
 from .aggregate import aggregate_runs, summarize
 from .paper import PAPER_ROWS, PaperRow, paper_row
@@ -111,7 +114,7 @@ def _paper_entry(row: PaperRow | None) -> dict | None:
 # ---------------------------------------------------------------- example hypotheses
 def _eval_files(run: dict, split: str) -> tuple[list[list[str]], list[str]] | None:
     """(reference groups, hypotheses) from RUN/eval/<split>/ as nlg.decode.write_e2e wrote them."""
-    folder = Path(run["dir"]) / "eval" / split
+    folder = RunFolder(run["dir"]).eval_dir(split)
     if not (folder / "hypothesis.txt").is_file() or not (folder / "references.txt").is_file():
         return None
     try:
@@ -124,8 +127,6 @@ def _eval_files(run: dict, split: str) -> tuple[list[list[str]], list[str]] | No
 def _mr_contexts(candidates: list[Path], refs: list[list[str]]) -> tuple[list[str], str] | None:
     """The MRs of the reference groups, from the first formatted file whose grouping (nlg.decode's: by context,
     first-seen order) has as many groups and the same leading references; None when no file matches."""
-    from nlg.decode import group_references, read_formatted
-
     k = min(N_EXAMPLES, len(refs))
     for path in candidates:
         if not path.is_file():
@@ -155,14 +156,12 @@ def collect_examples(rows: list[dict], split: str, formatted: list[Path]) -> dic
             same = refs[:N_EXAMPLES] == common[:N_EXAMPLES]
             hyps_by_row[row["id"]] = hyps[:N_EXAMPLES] if same else None
             sources[row["id"]] = run["name"] if same else f"{run['name']} (other test references: not shown)"
-            candidates.append(Path(run["dir"]) / "data" / f"{split}_formatted.jsonl")
+            candidates.append(formatted_file(RunFolder(run["dir"]).data, split))
             break
     if common is None:
         return {"groups": [], "mr_source": None, "hypothesis_from": sources}
     candidates += formatted
-    from nlg.config import default_data_dir
-
-    candidates.append(default_data_dir(DATASET) / f"{split}_formatted.jsonl")
+    candidates.append(formatted_file(default_data_dir(DATASET), split))
     found = _mr_contexts(list(dict.fromkeys(candidates)), common)
     mrs, mr_source = found if found else ([None] * N_EXAMPLES, None)
     groups = []
@@ -522,14 +521,15 @@ def build_table_report(manifest_path: str | Path, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = [load_row(row, split) for row in manifest["rows"]]
     formatted = [resolve(manifest["test_formatted"])] if manifest.get("test_formatted") else []
-    formatted.append(Path(manifest_path).parent / "data" / f"{split}_formatted.jsonl")  # the driver's data/
+    formatted.append(formatted_file(Path(manifest_path).parent / DATA, split))  # the driver's data/
     examples = collect_examples(rows, split, formatted)
     order = ordering(rows)
-    images = {"metrics": "metrics.png" if plot_metrics(rows, out / "metrics.png") else None,
-              "loss": "loss.png" if plot_losses(rows, out / "loss.png") else None}
-    with atomic_open(out / "report.md") as handle:
+    images = {"metrics": METRICS_PNG if plot_metrics(rows, out / METRICS_PNG) else None,
+              "loss": LOSS_PNG if plot_losses(rows, out / LOSS_PNG) else None}
+    written = RunFolder(out)  # a report folder: the file names of a run folder's report
+    with atomic_open(written.report_md) as handle:
         handle.write(render_markdown(manifest, rows, order, examples, images))
-    write_json(out / "report.json", {
+    write_json(written.report_json, {
         "headline": headline(manifest.get("pretrain")),
         **{k: manifest.get(k) for k in PASSED_THROUGH},
         "notes": manifest.get("notes") or [],
@@ -551,12 +551,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="output folder (default: report/ beside the manifest)")
     args = ap.parse_args(argv)
     try:
-        out = build_table_report(args.manifest, args.out or Path(args.manifest).parent / "report")
+        out = build_table_report(args.manifest, args.out or Path(args.manifest).parent / REPORT_DIR)
     except (InputFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print((out / "report.md").read_text(encoding="utf-8").split("\n", 1)[0])
-    print(f"wrote {out / 'report.md'}, report.json, metrics.png, loss.png")
+    written = RunFolder(out)
+    print(written.report_md.read_text(encoding="utf-8").split("\n", 1)[0])
+    print(f"wrote {written.report_md}, {written.report_json.name}, {METRICS_PNG}, {LOSS_PNG}")
     return 0
 
 

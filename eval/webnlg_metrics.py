@@ -12,6 +12,8 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from typing import Sequence
 
+import nltk
+
 from .bleu import multi_bleu_detok, nltk_bleu
 from .chrf import chrf_plus_plus
 from .meteor import Meteor
@@ -25,8 +27,6 @@ class NltkDataError(RuntimeError):
 
 
 def _ensure_punkt() -> None:
-    import nltk
-
     try:
         nltk.data.find("tokenizers/punkt_tab/english/")
     except LookupError:
@@ -38,8 +38,6 @@ def _ensure_punkt() -> None:
 
 @lru_cache(maxsize=None)
 def _tokenize(text: str) -> str:
-    import nltk
-
     return " ".join(nltk.word_tokenize(text)) if text.strip() else ""
 
 

@@ -35,11 +35,14 @@ from nlg.config import TrainConfig, field_value
 from nlg.io_utils import InputFileError, atomic_group, atomic_open, cli_error, json_text, read_json_object, saving
 from nlg.lora import lora_settings, normalize_targets
 from nlg.methods import HYPER_PARAMS, get_method
+from nlg.methods.prefix import KV_KEY
+from nlg.models import CARDS, is_random_model, load_model
 from nlg.peft_import import is_peft_folder, read_peft_lora
+from nlg.run_folder import ADAPTER, ADAPTER_WEIGHTS, PEFT_ADAPTER
 
 FORMAT = "nlg-adapter"
 FORMAT_VERSION = 1
-ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_FILE = ADAPTER_WEIGHTS
 CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -108,8 +111,6 @@ def save_adapter(model, cfg: TrainConfig, folder: str | Path, checkpoint: dict |
 def write_adapter_folder(state: dict[str, torch.Tensor], cfg: TrainConfig, model_shape: dict,
                          folder: str | Path, checkpoint: dict | None = None) -> Path:
     """``adapter.safetensors`` + ``adapter_config.json`` (each written atomically) for tensors of any method."""
-    from nlg.models import CARDS, is_random_model
-
     folder = Path(folder)
     shape = dict(model_shape)
     card = CARDS.get(cfg.model)
@@ -142,13 +143,13 @@ def _resolve(path: Path) -> tuple[str, Path]:
             return "ours", path.parent
         return "authors", path
     if path.is_dir():
-        for folder in (path, path / "adapter"):
+        for folder in (path, path / ADAPTER):
             if (folder / CONFIG_FILE).is_file() and (folder / ADAPTER_FILE).is_file():
                 return "ours", folder
-        for folder in (path, path / "peft_adapter"):
+        for folder in (path, path / PEFT_ADAPTER):
             if is_peft_folder(folder):
                 return "peft", folder
-        raise InputFileError(path, f"no {CONFIG_FILE} + {ADAPTER_FILE} here nor in {path / 'adapter'}")
+        raise InputFileError(path, f"no {CONFIG_FILE} + {ADAPTER_FILE} here nor in {path / ADAPTER}")
     raise InputFileError(path, "no such file or folder")
 
 
@@ -190,8 +191,6 @@ def read_adapter(path: str | Path, base_model: str | None = None, lora_alpha: fl
 
     An authors' file names no base: it is ``base_model``, else the GPT-2 card of its shape; with
     ``need_base=False`` (a model is supplied) an unknown shape is recorded as base "unknown"."""
-    from nlg.models import CARDS
-
     kind, where = _resolve(Path(path))
     if kind == "authors":
         ckpt = import_authors_checkpoint(where, lora_alpha=lora_alpha)
@@ -299,8 +298,6 @@ def load_adapter(path: str | Path, model=None, base_model: str | None = None, de
     The base is ``model`` if given, else ``nlg.models.load_model(base_model or the adapter's base)``. Returns
     ``(model, cfg)``; ``lora_alpha`` is used only for the authors' files, which do not record it.
     """
-    from nlg.models import load_model
-
     stored = read_adapter(path, base_model=base_model, lora_alpha=lora_alpha, need_base=model is None)
     if model is None:
         model = load_model(stored.cfg.model, device=device)
@@ -340,8 +337,6 @@ def export_peft(model, cfg: TrainConfig, folder: str | Path) -> Path:
         raise ValueError(why_not)
     model = _unwrap(model)
     if cfg.method == "prefix-layer":
-        from nlg.methods.prefix import KV_KEY
-
         kv = get_method("prefix-layer").export_state(model)[KV_KEY]
         return write_peft_prefix_folder(kv, folder, base_model=cfg.model)
     s = lora_settings(model)
@@ -353,7 +348,7 @@ def write_peft_folder(state: dict[str, torch.Tensor], rank: int, alpha: float, t
                       base_model: str | None = None, dropout: float = 0.0) -> Path:
     """PEFT folder from our LoRA tensors. A fused c_attn LoRA on G of q,k,v becomes one rank-G·r LoRA whose B
     holds block g in the rows of slice s_g and zeros elsewhere; alpha is scaled by G so alpha / r is unchanged."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # here, not at the top: peft takes seconds to import and only exports need it
 
     attn = [t for t in ("q", "k", "v") if t in targets]
     slices = [("q", "k", "v").index(t) for t in attn]
@@ -394,7 +389,7 @@ def write_peft_prefix_folder(key_values: torch.Tensor, folder: str | Path, base_
     PEFT keeps ``prompt_embeddings`` ``[l_p, L·2·d]`` and views each row as (layer, key|value, head, head_dim):
     the same order as ours, so the rows are our prefixes transposed. Both place them in the cache ahead of the real
     tokens, give them attention-mask ones and start the real tokens' positions at l_p (GPT-2 counts the cache)."""
-    from peft import PrefixTuningConfig
+    from peft import PrefixTuningConfig  # (see write_peft_folder)
 
     n_layer, two, heads, l_p, head_dim = key_values.shape
     if two != 2:
@@ -538,8 +533,6 @@ def main(argv: list[str] | None = None) -> int:
             if why_not:
                 raise ValueError(why_not)
             if cfg.method == "prefix-layer":
-                from nlg.methods.prefix import KV_KEY
-
                 print(write_peft_prefix_folder(stored.state[KV_KEY], args.out, base_model=cfg.model))
             else:
                 print(write_peft_folder(stored.state, cfg.rank, cfg.lora_alpha, cfg.lora_targets, args.out,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+from tqdm import tqdm
 
 from nlg.config import DecodeConfig
 from nlg.tokenizer import EOS_ID
@@ -55,8 +56,6 @@ def hf_beam_search(
     ends = set(cfg.eos_token_ids)
     bar = None
     if progress is True:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(prompts), unit="prompt", desc="hf generate", dynamic_ncols=True)
     kwargs = hf_generate_kwargs(cfg)
     try:

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from nlg.io_utils import permit_as_created, saving, write_json
+from nlg.run_folder import CHECKPOINTS
 
 KEEP = 2
 BEST_DIR = "best"
@@ -54,7 +55,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = []
@@ -73,7 +74,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 def save_checkpoint(run_dir: str | os.PathLike, step: int, trainable: dict[str, torch.Tensor], optimizer: dict,
                     rng: list[dict[str, Any]], state: dict[str, Any], keep: int = KEEP) -> Path:
     """Write ``checkpoints/step-<step>/`` atomically (a temporary folder renamed into place), keep the last ``keep``."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     previous = latest_checkpoint(run_dir)
@@ -103,7 +104,7 @@ def save_best(run_dir: str | os.PathLike, trainable: dict[str, torch.Tensor], in
     """Write ``checkpoints/best/`` (``trainable.pt`` + ``best.json`` with step, epoch, valid_loss) as a whole: the
     new folder is built aside and renamed into place; the one it replaces is moved aside first and removed last, so
     a crash at any point leaves a complete best folder (``load_best`` also finds one left aside)."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / BEST_DIR
     kept = _best_kept(run_dir)
@@ -142,7 +143,7 @@ def _best_kept(run_dir: str | os.PathLike) -> str:
 
 
 def _best_folder(run_dir: str | os.PathLike) -> Path | None:
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     final = root / BEST_DIR
     if (final / BEST_INFO).is_file() and (final / "trainable.pt").is_file():
         return final
@@ -194,7 +195,7 @@ def load_latest_complete(run_dir: str | os.PathLike, say=print) -> tuple[Path, d
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     """Remove ``checkpoints/.step-N.*.tmp`` and ``.best.*.tmp`` folders a killed run left; call it holding the
     run folder's lock (no other writer can own them then). Returns what was removed."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     stale = sorted(root.glob(".step-*.tmp")) + sorted(root.glob(f".{BEST_DIR}.*.tmp")) if root.is_dir() else []
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)

@@ -15,7 +15,10 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from nlg.methods.registry import BUILTIN_NAMES
+from nlg.run_folder import DATA
 
 DATASETS = ("e2e", "webnlg", "dart")
 PRETRAIN_DATASET = "corpus"  # TrainConfig.dataset of a pretraining run (nlg.pretrain): no paper recipe applies
@@ -93,7 +96,8 @@ class TrainConfig:
 
 
 # What nlg.train writes into recipe.json beyond the TrainConfig fields: facts about the run, not settings. A recipe
-# file may carry them (a run's own recipe.json does) and they are ignored when it is read back.
+# file may carry them (a run's own recipe.json does) and they are ignored when it is read back. random_model and
+# synthetic_data are in the recipes of runs from before provenance.json (nlg.run_folder) held them.
 RECIPE_RECORD_KEYS = ("random_model", "synthetic_data", "trainable_params", "paper_param_count", "saved_params",
                       "world_size", "total_steps", "train_examples", "valid_examples", "data_sha256")
 
@@ -157,8 +161,6 @@ def load_recipe_file(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeFileError(f"{path}: cannot read the recipe file ({exc})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -288,4 +290,4 @@ def paper_decode_config(dataset: str = "e2e", **overrides) -> DecodeConfig:
 def default_data_dir(dataset: str) -> Path:
     """Where the preparers write and the trainer reads by default: data/<dataset>/ in the checkout."""
     _check_dataset(dataset)
-    return Path(__file__).resolve().parent.parent / "data" / dataset
+    return Path(__file__).resolve().parent.parent / DATA / dataset

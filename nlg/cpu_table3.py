@@ -34,9 +34,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.common import carry_synthetic_marker
+from data.e2e.prepare import prepare
+from data.synthetic import write_synthetic_e2e
+from eval.table_report import build_table_report
 from nlg.config import PretrainConfig
 from nlg.io_utils import atomic_open, iter_jsonl, write_json
 from nlg.pipeline import SHARED_DATA, run_stage
+from nlg.pretrain import pretrain, pretrain_info
+from nlg.run_folder import (DATA, DATA_SOURCE, MANIFEST, RAW_SYNTHETIC, REPORT_DIR, RUNS, RunFolder, encoded_file,
+                            formatted_file)
+from nlg.train_run import provenance_record
 
 REPO = Path(__file__).resolve().parent.parent
 HELD_OUT_EVERY = 10  # every 10th distinct dev MR is held out for selection
@@ -130,7 +138,7 @@ BUDGET = Budget()
 
 @dataclass
 class Options:
-    out: Path = REPO / "runs" / "cpu-table3"
+    out: Path = REPO / RUNS / "cpu-table3"
     rows: tuple[str, ...] = ROW_IDS
     seeds: tuple[int, ...] = (110, 111, 112)
     workers: int = 2
@@ -161,8 +169,8 @@ def split_dev_by_mr(formatted: Path, encoded: Path, out_dir: Path, every: int = 
     for f, e in zip(fmt, enc):
         parts["valid" if f["context"] in held else "train"].append((f, e))
     for split, pairs in parts.items():
-        for suffix, index in (("_formatted.jsonl", 0), (".jsonl", 1)):
-            with atomic_open(out_dir / f"{split}{suffix}") as handle:  # json.dumps as the preparers write
+        for path, index in ((formatted_file(out_dir, split), 0), (encoded_file(out_dir, split), 1)):
+            with atomic_open(path) as handle:  # json.dumps as the preparers write
                 for pair in pairs:
                     handle.write(json.dumps(pair[index]) + "\n")
     return {"train_records": len(parts["train"]), "valid_records": len(parts["valid"]),
@@ -170,11 +178,10 @@ def split_dev_by_mr(formatted: Path, encoded: Path, out_dir: Path, every: int = 
 
 
 def prepare_data(opts: Options) -> dict:
-    """E2E dev and test prepared once into OUT/data, the dev split cut by MR; returns data_source.json."""
-    from data.e2e.prepare import prepare
-
-    data_dir = opts.out / "data"
-    marker = data_dir / "data_source.json"
+    """E2E dev and test prepared once into OUT/data, the dev split cut by MR (the synthetic marker carried along,
+    so the runs' provenance sees it); returns data_source.json."""
+    data_dir = opts.out / DATA
+    marker = data_dir / DATA_SOURCE
     if marker.is_file():
         return json.loads(marker.read_text(encoding="utf-8"))
     raw, source = opts.raw_dir, "raw-dir"
@@ -183,24 +190,22 @@ def prepare_data(opts: Options) -> dict:
         if shared.is_dir():
             raw, source = shared, "shared"
         else:
-            from data.synthetic import write_synthetic_e2e
-
-            raw, source = write_synthetic_e2e(opts.out / "raw-synthetic", n_valid=200, n_test=50), "synthetic"
+            raw, source = write_synthetic_e2e(opts.out / RAW_SYNTHETIC, n_valid=200, n_test=50), "synthetic"
     full = data_dir / "full"
     prepare(raw_dir=raw, out_dir=full, splits=("valid", "test"))
-    counts = split_dev_by_mr(full / "valid_formatted.jsonl", full / "valid.jsonl", data_dir)
-    for suffix in ("_formatted.jsonl", ".jsonl"):
-        os.replace(full / f"test{suffix}", data_dir / f"test{suffix}")
+    counts = split_dev_by_mr(formatted_file(full, "valid"), encoded_file(full, "valid"), data_dir)
+    for name in (formatted_file, encoded_file):
+        os.replace(name(full, "test"), name(data_dir, "test"))
+    carry_synthetic_marker(full, data_dir)
     for split, limit in (("train", opts.budget.train_limit), ("test", opts.budget.test_limit)):
         if limit:  # CI-sized runs: the first N records of a split
-            for suffix in ("_formatted.jsonl", ".jsonl"):
-                path = data_dir / f"{split}{suffix}"
+            for path in (formatted_file(data_dir, split), encoded_file(data_dir, split)):
                 lines = path.read_text(encoding="utf-8").splitlines(keepends=True)[:limit]
                 with atomic_open(path) as handle:
                     handle.writelines(lines)
-    counts["train_records"] = sum(1 for _ in iter_jsonl(data_dir / "train.jsonl"))
-    test_records = sum(1 for _ in iter_jsonl(data_dir / "test.jsonl"))
-    info = {"source": source, "raw_dir": str(raw), "synthetic_data": source == "synthetic", "train_split": "valid",
+    counts["train_records"] = sum(1 for _ in iter_jsonl(encoded_file(data_dir, "train")))
+    test_records = sum(1 for _ in iter_jsonl(encoded_file(data_dir, "test")))
+    info = {"source": source, "raw_dir": str(raw), "train_split": "valid",
             "split_rule": f"dev split minus every {HELD_OUT_EVERY}th distinct MR (held out for selection)",
             "test_records": test_records, **counts}
     write_json(marker, info)
@@ -219,7 +224,7 @@ def run_logged(name: str, cmd: list[str], run_dir: Path, threads: int) -> float:
 
 
 def run_dir_of(opts: Options, row: Row, seed: int) -> Path:
-    return opts.out / "runs" / f"{row.id}-s{seed}"
+    return opts.out / RUNS / f"{row.id}-s{seed}"
 
 
 def run_one(opts: Options, row: Row, seed: int, model_dir: str, threads: int) -> float:
@@ -227,30 +232,32 @@ def run_one(opts: Options, row: Row, seed: int, model_dir: str, threads: int) ->
 
     Returns the seconds spent in stages that ran (0 when everything was already done)."""
     run = run_dir_of(opts, row, seed)
-    data = opts.out / "data"
+    files = RunFolder(run)
+    data = opts.out / DATA
     run.mkdir(parents=True, exist_ok=True)
     base = f"random:{opts.pretrain.card}" if row.base == "random" else model_dir
     b = opts.budget
     spent = 0.0
-    if row.method is not None and not (run / "train_summary.json").is_file():
+    if row.method is not None and not files.summary.is_file():
         args = ["--dataset", "e2e", "--model", base, "--method", row.method, "--seed", str(seed),
-                "--train-data", str(data / "train.jsonl"), "--valid-data", str(data / "valid.jsonl"),
+                "--train-data", str(encoded_file(data, "train")), "--valid-data", str(encoded_file(data, "valid")),
                 "--out-dir", str(run), "--quiet", "--select-by", "valid_loss", *b.train_flags(), *row.flags]
-        if (run / "recipe.json").is_file():
+        if files.recipe.is_file():
             args.append("--resume")
         spent += run_logged("train", _python("nlg.train", *args), run, threads)
-    if row.method is None and not (run / "recipe.json").is_file():
-        write_json(run / "recipe.json", {"dataset": "e2e", "model": base, "method": None, "seed": seed,
-                                         "random_model": False, "trainable_params": 0})
-    if not (run / "predictions.test.jsonl").is_file():
-        args = ["--run-dir", str(run), "--dataset", "e2e", "--split", "test", "--data", str(data / "test.jsonl"),
-                "--batch-size", str(b.decode_batch), "--quiet"]
+    if row.method is None and not files.recipe.is_file():  # no training: the folder's records are written here
+        write_json(files.provenance, provenance_record(base, encoded_file(data, "train"), "nlg.cpu_table3"))
+        write_json(files.recipe, {"dataset": "e2e", "model": base, "method": None, "seed": seed,
+                                  "trainable_params": 0})
+    if not files.predictions("test").is_file():
+        args = ["--run-dir", str(run), "--dataset", "e2e", "--split", "test", "--data",
+                str(encoded_file(data, "test")), "--batch-size", str(b.decode_batch), "--quiet"]
         args += ["--model", base] if row.method is None else []
         spent += run_logged("generate", _python("nlg.generate", *args), run, threads)
-    if not (run / "eval" / "test").is_dir():
+    if not files.eval_dir("test").is_dir():
         spent += run_logged("decode", _python("nlg.decode", "--run-dir", str(run), "--dataset", "e2e", "--split", "test",
-                                     "--formatted", str(data / "test_formatted.jsonl")), run, threads)
-    if not (run / "scores.test.json").is_file():
+                                     "--formatted", str(formatted_file(data, "test"))), run, threads)
+    if not files.scores("test").is_file():
         spent += run_logged("score", _python("eval.score", "--run-dir", str(run), "--dataset", "e2e", "--split", "test"),
                    run, threads)
     return spent
@@ -284,9 +291,7 @@ def machine() -> str:
 
 
 def run_table(opts: Options, command: str = "") -> Path:
-    """Everything, resumable; returns the folder with manifest.json (and the report once eval.table_report runs)."""
-    from nlg.pretrain import pretrain, pretrain_info
-
+    """Everything, resumable; returns the folder with manifest.json and the report."""
     start = time.time()
     opts.out.mkdir(parents=True, exist_ok=True)
     if opts.pretrained_model:
@@ -319,7 +324,8 @@ def run_table(opts: Options, command: str = "") -> Path:
                 failures.append(str(exc))
                 log(f"[{done}/{len(todo)}] FAILED: {exc}")
     this_call = time.time() - start - (0.0 if cached else pretrain_s)  # the runs' part of this call
-    previous = json.loads((opts.out / "manifest.json").read_text()) if (opts.out / "manifest.json").is_file() else {}
+    manifest_path = opts.out / MANIFEST
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     earlier = previous.get("runs_time_s", previous.get("wall_time_s"))
     calls = list(previous.get("calls", [])) if skipped and earlier is not None else []
     if worked == 0 and earlier is not None:  # nothing was left to do: keep the timing of the calls that did it
@@ -365,15 +371,10 @@ def run_table(opts: Options, command: str = "") -> Path:
                       runs=[str(run_dir_of(opts, r, s)) for s in opts.seeds[:max(1, r.seeds)]])
                  for r in ROWS if r.id in opts.rows],
     }
-    write_json(opts.out / "manifest.json", manifest)
-    try:
-        from eval.table_report import build_table_report
-    except ImportError:
-        log("eval.table_report is not available: manifest written, no report")
-        return opts.out
-    report_dir = opts.report_dir or opts.out / "report"
-    build_table_report(opts.out / "manifest.json", report_dir)
-    log(f"report: {report_dir / 'report.md'}; whole experiment {total / 60:.1f} min (budget 90): pretraining "
+    write_json(manifest_path, manifest)
+    report_dir = opts.report_dir or opts.out / REPORT_DIR
+    build_table_report(manifest_path, report_dir)
+    log(f"report: {RunFolder(report_dir).report_md}; whole experiment {total / 60:.1f} min (budget 90): pretraining "
         f"{pretrain_s / 60:.1f} min{' (cached, when made)' if cached else ''}, runs {wall / 60:.1f} min")
     return report_dir
 

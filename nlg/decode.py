@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from nlg.config import DATASETS, REF_NUM, default_data_dir
-from nlg.io_utils import (InputFileError, RunLock, RunLockedError, atomic_group, cli_error, file_sha256, iter_jsonl,
-                          read_json_object)
+from nlg.io_utils import InputFileError, atomic_group, cli_error, file_sha256, iter_jsonl, read_json_object
+from nlg.run_folder import GENERATE_RECORD, RunFolder, RunLock, RunLockedError, formatted_file
+from nlg.tokenizer import EOS_ID, get_tokenizer
 
 END_TEXT = "<|endoftext|>"
 WEBNLG_FILTERS = ("all", "seen", "unseen")
@@ -59,8 +60,6 @@ def ids_to_text(ids: Sequence[int]) -> str:
     """The authors' decoder: token strings -> bytes -> UTF-8 with replacement characters for broken sequences."""
     global _BYTE_DECODER, _ID_TO_TOKEN
     if _ID_TO_TOKEN is None:
-        from nlg.tokenizer import get_tokenizer
-
         vocab = get_tokenizer().get_vocab()
         _ID_TO_TOKEN = {i: t for t, i in vocab.items()}
         _BYTE_DECODER = _byte_decoder()
@@ -175,8 +174,6 @@ def contexts_sha256(contexts: Iterable[Sequence[int]]) -> str:
 
 def encode_contexts(contexts: Sequence[str]) -> list[list[int]]:
     """Context strings as the preparer encodes them (data.common.encode_records: ids, then <|endoftext|>)."""
-    from nlg.tokenizer import EOS_ID, get_tokenizer
-
     if not contexts:
         return []
     return [ids + [EOS_ID] for ids in get_tokenizer()(list(contexts), add_special_tokens=False)["input_ids"]]
@@ -186,7 +183,7 @@ def generation_record(predictions: str | Path) -> tuple[Path, dict] | None:
     """(path, content) of the ``generate.*.json`` beside ``predictions`` that describes exactly this file (same
     sha256), or None: predictions from elsewhere (the authors'), an older run, or a file changed since."""
     predictions = Path(predictions)
-    candidates = sorted(predictions.parent.glob("generate.*.json")) if predictions.is_file() else []
+    candidates = sorted(predictions.parent.glob(GENERATE_RECORD.format(split="*"))) if predictions.is_file() else []
     digest = file_sha256(predictions) if candidates else None
     for path in candidates:
         try:
@@ -284,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenize-lower", dest="tokenize_lower", action=argparse.BooleanOptionalAction, default=None,
                     help="lower-case and tokenise hypotheses and references (default: on for webnlg/dart, off for e2e)")
     args = ap.parse_args(argv)
-    formatted = args.formatted or default_data_dir(args.dataset) / f"{args.split}_formatted.jsonl"
-    predictions = args.predictions or args.run_dir / f"predictions.{args.split}.jsonl"
-    out_dir = args.out_dir or args.run_dir / "eval" / args.split
+    formatted = args.formatted or formatted_file(default_data_dir(args.dataset), args.split)
+    predictions = args.predictions or RunFolder(args.run_dir).predictions(args.split)
+    out_dir = args.out_dir or RunFolder(args.run_dir).eval_dir(args.split)
     try:
         if Path(predictions).is_file() and generation_record(predictions) is None:
             print(f"note: {predictions}: no generate.*.json beside it records what it was decoded from; only its "

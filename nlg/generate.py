@@ -19,11 +19,16 @@ from pathlib import Path
 
 import torch
 
+from nlg import distributed as dist_utils
+from nlg.adapter_io import load_for_decoding
 from nlg.beam import PromptError, SearchStats, beam_search, check_prompt, context_window
+from nlg.beam_hf import hf_beam_search
 from nlg.config import DATASETS, DecodeConfig, default_data_dir, paper_decode_config
-from nlg.io_utils import (InputFileError, RunLock, RunLockedError, check_output, cli_error, file_sha256, iter_jsonl,
-                          read_json_object, write_json, write_jsonl)
-from nlg.models import ModelLoadError
+from nlg.decode import contexts_sha256, hypothesis_text
+from nlg.io_utils import (InputFileError, check_output, cli_error, file_sha256, iter_jsonl, read_json_object,
+                          write_json, write_jsonl)
+from nlg.models import ModelLoadError, is_random_model, load_model
+from nlg.run_folder import RunFolder, RunLock, RunLockedError, encoded_file, read_provenance
 
 
 class GenerateError(RuntimeError):
@@ -31,7 +36,16 @@ class GenerateError(RuntimeError):
 
 
 def read_recipe(run_dir: Path) -> dict:
-    return read_json_object(run_dir / "recipe.json", missing_ok=True) or {}
+    return read_json_object(RunFolder(run_dir).recipe, missing_ok=True) or {}
+
+
+def _random_model(run_dir: Path, base_model: str | None) -> bool:
+    """Whether the predictions come from a randomly initialised model: the run's provenance says, else the base
+    decoded (a bare decode, no training run behind it)."""
+    provenance = read_provenance(run_dir)
+    if provenance["recorded_in"] is not None or base_model is None:
+        return provenance["model"]["random"]
+    return is_random_model(base_model)
 
 
 def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[int], list[list[int]]]:
@@ -61,10 +75,7 @@ def validate_prompts(path, lines, prompts, window: int, vocab_size: int, truncat
 def load_decoding_model(run_dir: Path | None, adapter: str | None, base_model: str | None, device: str,
                         lora_alpha: float = 32.0):
     """(model, description): the adapter merged into its base, or the bare base when there is no adapter."""
-    from nlg.adapter_io import load_for_decoding
-    from nlg.models import load_model
-
-    candidate = Path(adapter) if adapter else (run_dir / "adapter" if run_dir is not None else None)
+    candidate = Path(adapter) if adapter else (RunFolder(run_dir).adapter if run_dir is not None else None)
     if adapter or (candidate is not None and candidate.exists()):
         model = load_for_decoding(candidate, base_model=base_model, device=device, lora_alpha=lora_alpha)
         return model, {"adapter": str(candidate), "base_model": base_model}
@@ -77,16 +88,12 @@ def load_decoding_model(run_dir: Path | None, adapter: str | None, base_model: s
 
 def _shard_decode(model, prompts, cfg, dist_info, *, batch_size, hf, early_stop, truncate, quiet, stats):
     """Each rank decodes every world-th distinct prompt; all ranks return the full list in the original order."""
-    from nlg import distributed as dist_utils
-
     window = context_window(model, cfg)
     keyed = [tuple(p[-window:] if truncate else p) for p in prompts]
     unique = sorted(dict.fromkeys(keyed), key=lambda p: (-len(p), p))  # same order on every rank
     mine = unique[dist_info.rank::dist_info.world] if dist_info.active else unique
     show = not quiet and dist_info.is_main
     if hf:
-        from nlg.beam_hf import hf_beam_search
-
         outs = hf_beam_search(model, [list(p) for p in mine], cfg, batch_size=batch_size, progress=show)
     else:
         outs = beam_search(model, [list(p) for p in mine], cfg, batch_size=batch_size, early_stop=early_stop,
@@ -120,10 +127,8 @@ def generate(
     lora_alpha: float = 32.0,
 ) -> Path:
     """Decode one split into ``RUN/predictions.<split>.jsonl``; returns its path (on every rank)."""
-    from nlg import distributed as dist_utils
-    from nlg.decode import contexts_sha256, hypothesis_text
-
     run_dir = Path(run_dir)
+    files = RunFolder(run_dir)
     recipe = read_recipe(run_dir)
     dataset = dataset or recipe.get("dataset")
     if dataset not in DATASETS:
@@ -133,8 +138,8 @@ def generate(
     cfg.check()
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1 (the number of records to decode), got {limit}")
-    data = Path(data) if data else default_data_dir(dataset) / f"{split}.jsonl"
-    output = Path(output) if output else run_dir / f"predictions.{split}.jsonl"
+    data = Path(data) if data else encoded_file(default_data_dir(dataset), split)
+    output = Path(output) if output else files.predictions(split)
     check_output(output)  # before hours of beam search, not after
     lines, prompts = read_prompts(data, limit)
     data_sha256 = file_sha256(data)  # now, not after hours of search
@@ -142,7 +147,7 @@ def generate(
     info = dist_utils.setup(device)
     lock = RunLock(run_dir, "generate").acquire() if info.is_main and run_dir.is_dir() else None
     try:
-        if base_model is None and not (adapter or (run_dir / "adapter").exists()):
+        if base_model is None and not (adapter or files.adapter.exists()):
             base_model = recipe.get("model")
         model, source = load_decoding_model(run_dir, adapter, base_model, str(info.device), lora_alpha)
         window = context_window(model, cfg)
@@ -163,13 +168,13 @@ def generate(
                 "seconds": round(seconds, 3), "seconds_per_record": round(seconds / len(prompts), 4),
                 "seconds_per_distinct_prompt": round(seconds / distinct, 4),
                 "stopped_early_rank0": stats.stopped_early, "device": str(info.device),
-                "random_model": bool(recipe.get("random_model", source.get("base_model") == "tiny")), **source,
+                "random_model": _random_model(run_dir, source.get("base_model")), **source,
                 # what the predictions were made from: nlg.decode pairs them only with a formatted split whose
                 # contexts encode to these (the first "records" of it), and finds this record by the last digest
                 "data_sha256": data_sha256, "contexts_sha256": contexts_sha256(prompts),
                 "predictions_sha256": file_sha256(output),
             }
-            write_json(output.with_name(f"generate.{split}.json"), summary)
+            write_json(RunFolder(output.parent).generate_record(split), summary)
             print(f"wrote {len(outs)} predictions to {output} ({seconds:.1f} s, "
                   f"{len(prompts) / max(seconds, 1e-9):.2f} records/s)", file=sys.stderr)
         dist_utils.barrier()
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataset = args.dataset or read_recipe(args.run_dir).get("dataset")
         if dataset not in DATASETS:
-            raise GenerateError(f"pass --dataset: {args.run_dir / 'recipe.json'} does not name one")
+            raise GenerateError(f"pass --dataset: {RunFolder(args.run_dir).recipe} does not name one")
         overrides = {k: getattr(args, k) for k in ("beam", "length_penalty", "no_repeat_ngram_size",
                                                    "repetition_penalty", "max_new_tokens", "min_length", "seq_len")
                      if getattr(args, k) is not None}

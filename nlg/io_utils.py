@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -252,8 +253,6 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
 
 def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
     """One short connection attempt: lets offline machines fail fast instead of retrying for minutes."""
-    import socket
-
     try:
         socket.create_connection((host, port), timeout=timeout).close()
         return True
@@ -277,9 +276,6 @@ def read_json_object(path: str | os.PathLike, missing_ok: bool = False) -> dict 
     return obj
 
 
-LOCK_FILE = ".lock"
-
-
 def check_output(path: str | os.PathLike) -> None:
     """Fail in one line, before any work, when ``path`` cannot be written: a folder in its place, a file where its
     folder should be, or a folder this process may not write into."""
@@ -297,64 +293,3 @@ def check_output(path: str | os.PathLike) -> None:
 
 class OutputPathError(ValueError):
     """An output location that cannot be written."""
-
-
-class RunLockedError(RuntimeError):
-    """Another process holds the run folder's lock."""
-
-
-class RunLock:
-    """An exclusive lock on a run folder for a stage that writes into it (``fcntl.flock`` on ``RUN/.lock``).
-
-    A second writer stops at once with the holder's PID, stage and command; the kernel drops the lock when its
-    process ends however it ends, so a killed run never leaves a stale lock. Where ``fcntl`` is missing (Windows)
-    the lock is a no-op."""
-
-    def __init__(self, run_dir: str | os.PathLike, stage: str, create: bool = True):
-        self.path = Path(run_dir) / LOCK_FILE
-        self.stage = stage
-        self.create = create  # False: a folder that does not exist is not locked (nothing in it to protect)
-        self._handle = None
-
-    def acquire(self) -> "RunLock":
-        try:
-            import fcntl
-        except ImportError:
-            return self
-        import sys
-
-        if not self.path.parent.is_dir():
-            if not self.create:
-                return self
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RunLockedError(f"{self.path.parent}: in use by {holder}; wait for it to end or stop it") from None
-        handle.seek(0)
-        handle.truncate()
-        command = " ".join(sys.argv) or "python"
-        handle.write(f"PID {os.getpid()} ({self.stage}: {command})\n")
-        handle.flush()
-        self._handle = handle
-        return self
-
-    def release(self) -> None:
-        if self._handle is not None:
-            import fcntl
-
-            self._handle.seek(0)
-            self._handle.truncate()
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from nlg.io_utils import InputFileError
 
@@ -67,8 +68,6 @@ def _pattern_value(patterns: dict, module: str, default):
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     path = folder / PEFT_WEIGHTS[0]
     if path.is_file():
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     return torch.load(folder / PEFT_WEIGHTS[1], map_location="cpu", weights_only=True)
 

@@ -24,15 +24,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.common import WAY_OUT_ENV
+from data.synthetic import write_synthetic_e2e
 from nlg.config import DATASETS, METHODS
 from nlg.io_utils import file_sha256, host_reachable, read_json_object, remove_paths, write_json
-
-WAY_OUT_ENV = "NLG_MISSING_SPLIT_WAY_OUT"  # data.common.WAY_OUT_ENV (not imported: the data package loads tqdm)
+from nlg.run_folder import (ADAPTER, DATA_SOURCE, EVAL, RunFolder, default_pipeline_dir, encoded_file, formatted_file,
+                            seed_dir, seeds_report_dir)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("NLG_SHARED_DIR", REPO.parent / "shared")) / "data"
 SHARED_SUBDIR = {"e2e": "e2e", "webnlg": "webnlg_challenge_2017", "dart": "dart"}
-SPLITS = ("train", "valid", "test")
 
 
 class PipelineError(RuntimeError):
@@ -67,8 +68,7 @@ def log(message: str) -> None:
 
 
 def default_run_dir(opts: PipelineOptions) -> Path:
-    model = Path(opts.model).name if os.sep in opts.model else opts.model
-    return REPO / "runs" / f"{opts.dataset}-{model}-{opts.method}"
+    return default_pipeline_dir(REPO, opts.dataset, opts.model, opts.method)
 
 
 def _python_module(module: str, args: list[str], opts: PipelineOptions, distributed: bool) -> list[str]:
@@ -85,7 +85,7 @@ def _python_module(module: str, args: list[str], opts: PipelineOptions, distribu
 def run_stage(name: str, cmd: list[str], run_dir: Path, echo: bool = True, env: dict | None = None) -> float:
     """Run one stage, its output into run_dir/logs/<name>.log (and onto stderr when ``echo``); returns its
     seconds; raises with the log path on failure. ``env``: extra environment variables for the stage."""
-    logs = run_dir / "logs"
+    logs = RunFolder(run_dir).logs
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
     if echo:
@@ -113,7 +113,6 @@ def run_stage(name: str, cmd: list[str], run_dir: Path, echo: bool = True, env: 
 
 
 # ---------------------------------------------------------------- what each stage was made from
-STAGES_FILE = "stages.json"
 
 
 def stage_inputs(files: dict[str, Path], settings: dict) -> dict:
@@ -139,9 +138,10 @@ def up_to_date(run_dir: Path, stage: str, inputs: dict, outputs_exist: bool) -> 
     before stage records were kept is trusted (and said so); otherwise a changed input is logged."""
     if not outputs_exist:
         return False
-    recorded = (read_json_object(run_dir / STAGES_FILE, missing_ok=True) or {}).get(stage)
+    stages = RunFolder(run_dir).stages
+    recorded = (read_json_object(stages, missing_ok=True) or {}).get(stage)
     if recorded is None:
-        log(f"{stage}: outputs exist but {STAGES_FILE} has no record of their inputs (an older run folder): "
+        log(f"{stage}: outputs exist but {stages.name} has no record of their inputs (an older run folder): "
             "kept as they are")
         return True
     changed = _changes(recorded, inputs)
@@ -152,9 +152,10 @@ def up_to_date(run_dir: Path, stage: str, inputs: dict, outputs_exist: bool) -> 
 
 
 def record_stage(run_dir: Path, stage: str, inputs: dict) -> None:
-    records = read_json_object(run_dir / STAGES_FILE, missing_ok=True) or {}
+    stages = RunFolder(run_dir).stages
+    records = read_json_object(stages, missing_ok=True) or {}
     records[stage] = inputs
-    write_json(run_dir / STAGES_FILE, records)
+    write_json(stages, records)
 
 
 # ---------------------------------------------------------------- data
@@ -175,9 +176,7 @@ def _raw_source(opts: PipelineOptions, run_dir: Path) -> tuple[Path | None, str]
     if _online():
         return None, "download"
     if opts.dataset == "e2e" and opts.offline_synthetic:
-        from data.synthetic import write_synthetic_e2e
-
-        folder = write_synthetic_e2e(run_dir / "raw-synthetic")
+        folder = write_synthetic_e2e(RunFolder(run_dir).raw_synthetic)
         return folder, "synthetic"
     raise PipelineError(
         f"no raw data for {opts.dataset}: pass --raw-dir (RAW_DIR=...), place the files in {shared}, or go online "
@@ -207,13 +206,15 @@ def missing_split_way_out(opts: PipelineOptions, split: str) -> str:
 
 
 def stage_prepare(opts: PipelineOptions, run_dir: Path) -> dict:
-    data_dir = run_dir / "data"
-    marker = run_dir / "data_source.json"
+    """The splits into RUN/data/, with ``data_source.json`` there: the trainer copies it, and the data folder's
+    synthetic marker, into the run's provenance."""
+    data_dir = RunFolder(run_dir).data
+    marker = data_dir / DATA_SOURCE
     limits = _split_limits(opts)
     settings = {"dataset": opts.dataset, "raw_dir": str(opts.raw_dir) if opts.raw_dir else None, "limits": limits,
                 "train_split": opts.train_from}
     inputs = stage_inputs({}, settings)
-    done = marker.is_file() and all((data_dir / f"{s}.jsonl").is_file() for s in limits)
+    done = marker.is_file() and all(encoded_file(data_dir, s).is_file() for s in limits)
     if up_to_date(run_dir, "prepare", inputs, done):
         log(f"prepare: skipped (already done: {data_dir})")
         return json.loads(marker.read_text())
@@ -228,7 +229,6 @@ def stage_prepare(opts: PipelineOptions, run_dir: Path) -> dict:
     info = {
         "source": source,
         "raw_dir": str(raw) if raw else None,
-        "synthetic_data": source == "synthetic",
         "train_split": opts.train_from,
         "limits": limits,
     }
@@ -239,13 +239,13 @@ def stage_prepare(opts: PipelineOptions, run_dir: Path) -> dict:
 
 # ---------------------------------------------------------------- train .. report
 def stage_train(opts: PipelineOptions, run_dir: Path) -> None:
-    data_dir = run_dir / "data"
-    train_data, valid_data = data_dir / f"{opts.train_from}.jsonl", data_dir / "valid.jsonl"
+    files = RunFolder(run_dir)
+    train_data, valid_data = encoded_file(files.data, opts.train_from), encoded_file(files.data, "valid")
     inputs = stage_inputs({"train_data": train_data, "valid_data": valid_data},
                           {"model": opts.model, "method": opts.method, "trainer_args": opts.trainer_args})
-    done = (run_dir / "train_summary.json").is_file() and (run_dir / "adapter").is_dir()
+    done = files.summary.is_file() and files.adapter.is_dir()
     if up_to_date(run_dir, "train", inputs, done):
-        log("train: skipped (already done: adapter/ and train_summary.json exist)")
+        log(f"train: skipped (already done: {files.adapter.name}/ and {files.summary.name} exist)")
         return
     args = [
         "--dataset", opts.dataset, "--model", opts.model, "--method", opts.method,
@@ -253,7 +253,7 @@ def stage_train(opts: PipelineOptions, run_dir: Path) -> None:
     ]
     if done:  # made from other inputs: the trainer checks the new ones, then removes the run and what came of it
         args.append("--overwrite")
-    elif any((run_dir / "checkpoints").glob("step-*")):
+    elif any(files.checkpoints.glob("step-*")):
         log("train: resuming from the last checkpoint in checkpoints/")
         args.append("--resume")
     run_stage("train", _python_module("nlg.train", args + opts.trainer_args, opts, True), run_dir)
@@ -261,43 +261,45 @@ def stage_train(opts: PipelineOptions, run_dir: Path) -> None:
 
 
 def _adapter_files(run_dir: Path) -> dict[str, Path]:
-    folder = run_dir / "adapter"
-    return {f"adapter/{p.name}": p for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
+    folder = RunFolder(run_dir).adapter
+    return {f"{ADAPTER}/{p.name}": p for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
 
 
 def stage_generate(opts: PipelineOptions, run_dir: Path) -> None:
-    out = run_dir / f"predictions.{opts.split}.jsonl"
-    data = run_dir / "data" / f"{opts.split}.jsonl"
+    files = RunFolder(run_dir)
+    out = files.predictions(opts.split)
+    data = encoded_file(files.data, opts.split)
     inputs = stage_inputs({"data": data, **_adapter_files(run_dir)},
                           {"split": opts.split, "generate_args": opts.generate_args})
     if up_to_date(run_dir, "generate", inputs, out.is_file()):
         log(f"generate: skipped (already done: {out.name})")
         return
-    remove_paths([out, run_dir / "eval" / opts.split, run_dir / f"scores.{opts.split}.json"])
+    remove_paths([out, files.eval_dir(opts.split), files.scores(opts.split)])
     args = ["--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split, "--data", str(data)]
     run_stage("generate", _python_module("nlg.generate", args + opts.generate_args, opts, True), run_dir)
     record_stage(run_dir, "generate", inputs)
 
 
 def stage_decode(opts: PipelineOptions, run_dir: Path) -> None:
-    out = run_dir / "eval" / opts.split
-    formatted = run_dir / "data" / f"{opts.split}_formatted.jsonl"
-    inputs = stage_inputs({"predictions": run_dir / f"predictions.{opts.split}.jsonl", "formatted": formatted},
+    files = RunFolder(run_dir)
+    out = files.eval_dir(opts.split)
+    formatted = formatted_file(files.data, opts.split)
+    inputs = stage_inputs({"predictions": files.predictions(opts.split), "formatted": formatted},
                           {"split": opts.split})
     if up_to_date(run_dir, "decode", inputs, out.is_dir() and any(out.iterdir())):
-        log(f"decode: skipped (already done: eval/{opts.split}/)")
+        log(f"decode: skipped (already done: {out.relative_to(run_dir)}/)")
         return
-    remove_paths([out, run_dir / f"scores.{opts.split}.json"])
+    remove_paths([out, files.scores(opts.split)])
     args = ["--run-dir", str(run_dir), "--dataset", opts.dataset, "--split", opts.split, "--formatted", str(formatted)]
     run_stage("decode", _python_module("nlg.decode", args, opts, False), run_dir)
     record_stage(run_dir, "decode", inputs)
 
 
 def stage_score(opts: PipelineOptions, run_dir: Path) -> None:
-    out = run_dir / f"scores.{opts.split}.json"
-    eval_dir = run_dir / "eval" / opts.split
-    files = {f"eval/{opts.split}/{p.relative_to(eval_dir)}": p for p in sorted(eval_dir.rglob("*")) if p.is_file()} \
-        if eval_dir.is_dir() else {}
+    out = RunFolder(run_dir).scores(opts.split)
+    eval_dir = RunFolder(run_dir).eval_dir(opts.split)
+    files = {f"{EVAL}/{opts.split}/{p.relative_to(eval_dir)}": p for p in sorted(eval_dir.rglob("*"))
+             if p.is_file()} if eval_dir.is_dir() else {}
     inputs = stage_inputs(files, {"split": opts.split})
     if up_to_date(run_dir, "score", inputs, out.is_file()):
         log(f"score: skipped (already done: {out.name})")
@@ -330,13 +332,13 @@ def run_pipeline(opts: PipelineOptions) -> Path:
     stage_decode(opts, run_dir)
     stage_score(opts, run_dir)
     stage_report(opts, run_dir)
-    log(f"finished: report at {run_dir / 'report.md'}")
+    log(f"finished: report at {RunFolder(run_dir).report_md}")
     return run_dir
 
 
 def seed_run_dir(base: Path, seed: int) -> Path:
     """The run folder of one seed: ``<base>-s<seed>``."""
-    return base.with_name(f"{base.name}-s{seed}")
+    return seed_dir(base, seed)
 
 
 def run_seeds(opts: PipelineOptions) -> Path:
@@ -351,11 +353,11 @@ def run_seeds(opts: PipelineOptions) -> Path:
         one = dataclasses.replace(opts, seeds=[], run_dir=seed_run_dir(base, seed),
                                   trainer_args=[*opts.trainer_args, "--seed", str(seed)])  # the last --seed wins
         run_dirs.append(run_pipeline(one))
-    out = base.with_name(f"{base.name}-seeds")
+    out = seeds_report_dir(base)
     out.mkdir(parents=True, exist_ok=True)
     args = [*map(str, run_dirs), "--out", str(out), "--split", opts.split]
     run_stage("report", _python_module("eval.report", args, opts, False), out)
-    log(f"finished {len(run_dirs)} seeds: report across them at {out / 'report.md'}")
+    log(f"finished {len(run_dirs)} seeds: report across them at {RunFolder(out).report_md}")
     return out
 
 

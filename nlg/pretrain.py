@@ -32,14 +32,19 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from data.corpus import Corpus, generated_corpus, shared_corpus
 from nlg.config import PretrainConfig
 from nlg.io_utils import read_json_object, write_json, write_jsonl
 from nlg.models import CARDS
 from nlg.pipeline import SHARED_DATA
+from nlg.run_folder import (ADAPTER, CHECKPOINTS, CORPUS_INFO, HELDOUT, PRETRAIN_CORPUS, PRETRAIN_INFO, PRETRAIN_MODEL,
+                            PRETRAIN_RUN, RunFolder, encoded_file, pretrain_info)
+from nlg.run_folder import describe_pretrained as describe
 from nlg.tokenizer import EOS_ID, get_tokenizer
 
-INFO_FILE = "pretrain.json"
+INFO_FILE = PRETRAIN_INFO
 CORPUS_KINDS = ("shared", "generated")
 PRECISION_CHOICES = ("auto", "bf16", "fp32", "fp16")
 
@@ -54,8 +59,6 @@ def cache_root() -> Path:
 
 def native_bf16() -> bool:
     """True where the device the trainer picks (this process's GPU, else the CPU) multiplies bf16 in hardware."""
-    import torch
-
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
@@ -80,7 +83,8 @@ def recipe_key(cfg: PretrainConfig, fingerprint: str) -> str:
 def default_model_dir(card: str = "mini") -> Path | None:
     """The newest finished pretrained ``model/`` folder of ``card`` in the cache (what ``--model mini`` loads)."""
     root = cache_root()
-    found = [p for p in root.glob(f"{card}-*/model") if (p / INFO_FILE).is_file() and (p / "config.json").is_file()]
+    found = [p for p in root.glob(f"{card}-*/{PRETRAIN_MODEL}")
+             if (p / INFO_FILE).is_file() and (p / "config.json").is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -118,8 +122,8 @@ def write_corpus(corpus: Corpus, cfg: PretrainConfig, folder: Path) -> dict:
     if not train or not held:
         raise PretrainError(f"the corpus is too small for blocks of {cfg.block_size} tokens "
                             f"({train_tokens} train / {held_tokens} held-out tokens)")
-    write_jsonl(folder / "train.jsonl", train)
-    write_jsonl(folder / "heldout.jsonl", held)
+    write_jsonl(encoded_file(folder, "train"), train)
+    write_jsonl(encoded_file(folder, HELDOUT), held)
     info = {
         "kind": corpus.kind,
         "label": ("WebNLG 2017 + DART v1.1.1 texts (no E2E)" if corpus.kind == "shared"
@@ -137,35 +141,22 @@ def write_corpus(corpus: Corpus, cfg: PretrainConfig, folder: Path) -> dict:
         "train_blocks": len(train),
         "heldout_blocks": len(held),
     }
-    write_json(folder / "corpus.json", info)
+    write_json(folder / CORPUS_INFO, info)
     return info
-
-
-def describe(info: dict) -> str:
-    """One line saying what a model pretrained here is (reports start with it)."""
-    c = info["corpus"]
-    return (f"{info['card']} GPT-2 ({info['n_layer']} layers, {info['n_embd']} wide) pretrained here from scratch on "
-            f"{info['tokens_seen'] / 1e6:.1f}M tokens ({c['train_tokens'] / 1e6:.2f}M-token corpus: {c['label']}); "
-            f"held-out perplexity {info['heldout_perplexity']:.1f}; not OpenAI's GPT-2")
-
-
-def pretrain_info(model_dir: str | Path) -> dict | None:
-    """``pretrain.json`` of a model folder made here, or None for any other model."""
-    path = Path(model_dir) / INFO_FILE
-    return read_json_object(path, missing_ok=True) if Path(model_dir).is_dir() else None
 
 
 def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None = None,
              root: str | Path | None = None, overwrite: bool = False, quiet: bool = False) -> Path:
     """Pretrain (or reuse) the small model; returns its Hugging Face ``model/`` folder."""
-    from nlg.train import Trainer  # nlg.train -> nlg.models -> (lazily) this module
+    from nlg.train import Trainer  # nlg.train -> nlg.train_run -> this module (provenance of models made here)
 
     if cfg.card not in CARDS:
         raise PretrainError(f"unknown --card {cfg.card!r}; expected one of {', '.join(CARDS)}")
     cfg = resolve_precision(cfg)
     corpus = load_corpus(cfg, data_dir)
     folder = Path(root) if root else cache_root() / recipe_key(cfg, corpus.fingerprint())
-    model_dir = folder / "model"
+    model_dir = folder / PRETRAIN_MODEL
+    corpus_dir = folder / PRETRAIN_CORPUS
     say = (lambda m: None) if quiet else (lambda m: print(f"[pretrain] {m}", file=sys.stderr, flush=True))
     if overwrite and folder.exists():
         shutil.rmtree(folder)
@@ -173,20 +164,21 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
         info = pretrain_info(model_dir)
         say(f"reusing the cached pretrained model {model_dir} ({describe(info)})")
         return model_dir
-    corpus_info = read_json_object(folder / "corpus" / "corpus.json", missing_ok=True)
+    corpus_info = read_json_object(corpus_dir / CORPUS_INFO, missing_ok=True)
     if corpus_info is None or corpus_info.get("fingerprint") != corpus.fingerprint():
-        corpus_info = write_corpus(corpus, cfg, folder / "corpus")
+        corpus_info = write_corpus(corpus, cfg, corpus_dir)
     say(f"corpus: {corpus_info['documents']} documents, {corpus_info['train_tokens']:,} train tokens "
         f"({corpus_info['train_blocks']} blocks of {cfg.block_size}), {corpus_info['heldout_tokens']:,} held out; "
         f"excluded {corpus_info['excluded']}")
-    run_dir = folder / "run"
-    resume = (run_dir / "recipe.json").is_file()
-    tcfg = cfg.train_config(str(folder / "corpus" / "train.jsonl"), str(folder / "corpus" / "heldout.jsonl"),
+    run = RunFolder(folder / PRETRAIN_RUN)
+    run_dir = run.path
+    resume = run.recipe.is_file()
+    tcfg = cfg.train_config(str(encoded_file(corpus_dir, "train")), str(encoded_file(corpus_dir, HELDOUT)),
                             str(run_dir), resume=resume)
     start = time.time()
     trainer = Trainer(tcfg, quiet=quiet)  # this process's GPU when there is one, else the CPU
     trainer.run()
-    summary = read_json_object(run_dir / "train_summary.json")
+    summary = read_json_object(run.summary)
     config = trainer.model.config
     info = {
         "card": cfg.card, "n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head,
@@ -202,7 +194,7 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
         "recipe": dataclasses.asdict(cfg),
         "run_dir": str(run_dir),
     }
-    tmp = folder / "model.tmp"
+    tmp = folder / f"{PRETRAIN_MODEL}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     trainer.model.save_pretrained(str(tmp))
@@ -210,7 +202,7 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
     if model_dir.exists():
         shutil.rmtree(model_dir)
     os.replace(tmp, model_dir)
-    for name in ("checkpoints", "adapter"):  # the weights now live in model/; checkpoints only served resuming
+    for name in (CHECKPOINTS, ADAPTER):  # the weights now live in model/; checkpoints only served resuming
         shutil.rmtree(run_dir / name, ignore_errors=True)
     say(f"wrote {model_dir}: {describe(info)}")
     return model_dir

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nlg.run_folder import TENSORBOARD
+
 REPORT_TO = ("none", "tensorboard")
-FOLDER = "tensorboard"
+FOLDER = TENSORBOARD
 # log.jsonl key -> TensorBoard tag
 TAGS = {"loss": "train/loss", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s", "valid_loss": "valid/loss"}
 

@@ -6,7 +6,8 @@ TrainConfig field is a flag. What one update does, as in their ``gpt2_ft.py``: e
 batch, divides by ``--grad-acc``, back-propagates; DDP averages the gradients over processes; after ``--grad-acc``
 batches their AdamW updates the trained tensors with the linearly warmed-up and decayed learning rate.
 
-The run folder (default ``runs/<dataset>-<model>-<method>-r<rank>``) receives ``recipe.json``, ``log.jsonl``,
+The run folder (default ``runs/<dataset>-<model>-<method>-r<rank>``) receives ``recipe.json``, ``provenance.json``
+(random or pretrained model, synthetic or real data: what reports warn about), ``log.jsonl``,
 ``checkpoints/step-<N>/`` (last two kept), ``checkpoints/best/`` (the trained tensors at the lowest dev loss so far),
 and at the end ``adapter/``, ``peft_adapter/`` (LoRA, PreLayer) and ``train_summary.json``; nothing is written anywhere else.
 ``--resume`` continues from the last checkpoint bit-for-bit, best-so-far record included.
@@ -23,7 +24,6 @@ import dataclasses
 import json
 import math
 import random
-import re
 import sys
 import time
 import typing
@@ -34,17 +34,17 @@ from tqdm import tqdm
 
 from nlg import distributed as dist_utils
 from nlg.batching import PAD_RNG_SEED, EpochPlan, collate, loader_seed_draw
-from nlg.checkpoint import rng_state, set_rng_state
+from nlg.checkpoint import BEST_DIR, rng_state, set_rng_state
 from nlg.config import (DATASETS, KERNELS, METHODS, PRETRAIN_DATASET, TrainConfig, default_data_dir,
                         load_recipe_file, paper_train_config)
 from nlg.io_utils import cli_error
 from nlg.methods.counts import count_line, exact_counts
-from nlg.models import is_random_model
 from nlg.optim import SCHEDULES
 from nlg.tensorboard_log import REPORT_TO, TensorBoardUnavailable
 from nlg.tensorboard_log import check_available as check_tensorboard
 from nlg.train_build import PRECISIONS, build, micro_step, update, validate
-from nlg.train_run import TrainError, TrainingRun, check_resume_config, data_fingerprints, is_synthetic
+from nlg.run_folder import DATA, RunFolder, default_train_dir, encoded_file
+from nlg.train_run import TrainError, TrainingRun, check_resume_config, data_fingerprints
 
 SELECT_BY = ("last", "valid_loss")  # which weights adapter/ holds: the final ones, or those of the lowest dev loss
 CHOICES = {"dataset": DATASETS, "method": METHODS, "precision": tuple(PRECISIONS), "kernels": KERNELS,
@@ -55,13 +55,12 @@ CHOICES = {"dataset": DATASETS, "method": METHODS, "precision": tuple(PRECISIONS
 # ---------------------------------------------------------------- configuration
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     """Fill in the default data files and run folder."""
-    data_dir = default_data_dir(cfg.dataset) if cfg.dataset in DATASETS else Path("data") / cfg.dataset
-    model_tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.model).name or cfg.model)
+    data_dir = default_data_dir(cfg.dataset) if cfg.dataset in DATASETS else Path(DATA) / cfg.dataset
     return dataclasses.replace(
         cfg,
-        train_data=cfg.train_data or str(data_dir / "train.jsonl"),
-        valid_data=cfg.valid_data or str(data_dir / "valid.jsonl"),
-        out_dir=cfg.out_dir or str(Path("runs") / f"{cfg.dataset}-{model_tag}-{cfg.method}-r{cfg.rank}"),
+        train_data=cfg.train_data or str(encoded_file(data_dir, "train")),
+        valid_data=cfg.valid_data or str(encoded_file(data_dir, "valid")),
+        out_dir=cfg.out_dir or str(default_train_dir(cfg.dataset, cfg.model, cfg.method, cfg.rank)),
     )
 
 
@@ -144,6 +143,7 @@ class Trainer:
             self.pad_rng_epoch_start = self.pad_rng.getstate()
             if self.mode == "resume":
                 self._restore()
+                self.folder.record_provenance(only_if_missing=True)
             else:
                 self.folder.start(self._recipe())
                 self.info(count_line(cfg, self.model))  # exact counts beside the paper's formula and Table 3 figure
@@ -170,8 +170,6 @@ class Trainer:
         cfg, s = self.cfg, self.setup
         recipe = json.loads(cfg.to_json())
         recipe.update({
-            "random_model": is_random_model(cfg.model),
-            "synthetic_data": is_synthetic(cfg.train_data),
             "trainable_params": sum(p.numel() for p in s.params),
             "paper_param_count": s.method.paper_param_count(cfg, s.model.config),
             "saved_params": exact_counts(cfg, s.model)[1],  # prefix-layer trains an MLP, saves the prefixes
@@ -196,7 +194,8 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def run(self) -> Path:
         if self.mode == "finished":
-            self.info(f"{self.run_dir}: this run already finished (train_summary.json); nothing to do")
+            summary = RunFolder(self.run_dir).summary.name
+            self.info(f"{self.run_dir}: this run already finished ({summary}); nothing to do")
             self.folder.release()
             return self.run_dir
         try:  # on resume, TensorBoard events after the checkpoint's step go, like log.jsonl's lines
@@ -346,7 +345,7 @@ class Trainer:
         best = self.folder.load_best()
         if best is None or best["info"].get("step") != chosen["step"]:
             found = "none" if best is None else f"step {best['info'].get('step')}"
-            raise TrainError(f"{self.run_dir / 'checkpoints' / 'best'}: expected the best checkpoint of step "
+            raise TrainError(f"{RunFolder(self.run_dir).checkpoints / BEST_DIR}: expected the best checkpoint of step "
                              f"{chosen['step']}, found {found}; rerun with --select-by last or --overwrite")
         self.method.load_state(self.model, {k: v.to(self.dist.device) for k, v in best["trainable"].items()})
 

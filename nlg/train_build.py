@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nlg import kernels
 from nlg.batching import Example, collate, read_encoded, total_steps, valid_batches
@@ -77,8 +78,6 @@ def build(cfg: TrainConfig, dist) -> Setup:
     loss_module = kernels.loss_module(model) if fast else MaskedLMLoss(model)
     ddp = None
     if dist.active:
-        from torch.nn.parallel import DistributedDataParallel as DDP  # only under torchrun
-
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         ddp = DDP(loss_module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
     # after DDP's broadcast of the weights: the pre-packed copies are made from them

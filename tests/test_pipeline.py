@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from nlg.run_folder import read_provenance
 from tests.conftest import REPO, SHARED_DATA
 
 SHARED_SUBDIR = {"e2e": "e2e", "webnlg": "webnlg_challenge_2017", "dart": "dart"}
@@ -121,9 +122,9 @@ def test_offline_fresh_machine_uses_the_synthetic_sample(tmp_path):
     proc = subprocess.run(_script("e2e"), env=env, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_artefacts(run_dir, "e2e")
-    source = json.loads((run_dir / "data_source.json").read_text())
-    assert source["source"] == "synthetic" and source["synthetic_data"] is True
-    assert json.loads((run_dir / "recipe.json").read_text())["synthetic_data"] is True
+    provenance = read_provenance(run_dir)
+    assert provenance["recorded_in"] == "provenance.json" and provenance["data"]["synthetic"] is True
+    assert provenance["data"]["source"]["source"] == "synthetic"
     assert "synthetic data" in (run_dir / "report.md").read_text().splitlines()[0]
 
 

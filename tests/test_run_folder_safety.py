@@ -77,7 +77,7 @@ def test_a_second_writer_stops_at_once_naming_the_holder(tmp_path):
 
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from nlg.io_utils import RunLock; "
+        "import sys, time; from nlg.run_folder import RunLock; "
         f"lock = RunLock({str(run)!r}, 'train').acquire(); print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True, cwd=str(FIXTURES.parent.parent))
     try:

@@ -17,6 +17,7 @@ from nlg.config import TrainConfig, paper_train_config
 from nlg.io_utils import InputFileError
 from nlg.loss import MASK_EPS, full_lm_loss, masked_lm_loss
 from nlg.optim import AdamW, lr_factor
+from nlg.run_folder import read_provenance
 from nlg.train import TrainError, build_parser, config_from_args, train
 from tests.conftest import FIXTURES, SHARED_DATA
 
@@ -137,13 +138,15 @@ def test_linear_schedule_with_warmup():
 def test_run_folder_contract(tmp_path):
     out = train(_cfg(tmp_path, max_steps=5, save_interval=2), quiet=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [".lock", "recipe.json", "log.jsonl", "checkpoints", "adapter", "peft_adapter", "train_summary.json"])
+        [".lock", "recipe.json", "provenance.json", "log.jsonl", "checkpoints", "adapter", "peft_adapter",
+         "train_summary.json"])
     assert (out / ".lock").read_text() == ""  # released: the holder's line is cleared when the stage ends
     assert [s for s, _ in list_checkpoints(out)] == [4, 5]  # every 2 steps and the last, the last two kept
     recipe = json.loads((out / "recipe.json").read_text())
     assert TrainConfig.from_json(json.dumps(recipe)) == train_mod.resolve_paths(_cfg(tmp_path, max_steps=5,
                                                                                      save_interval=2))
-    assert recipe["random_model"] is True and recipe["synthetic_data"] is False
+    provenance = read_provenance(out)
+    assert provenance["model"]["random"] is True and provenance["data"]["synthetic"] is False
     assert recipe["trainable_params"] == recipe["paper_param_count"] == 2 * (8 * 64 + 128 * 4)
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if "loss" in x]
@@ -253,8 +256,7 @@ def test_training_loss_falls_on_e2e(tmp_path):
                              valid_data=str(data / "valid.jsonl"), out_dir=str(tmp_path / "run"), max_steps=40,
                              warmup_steps=5, lr=2e-3, log_interval=5, save_interval=1000)
     out = train(cfg, quiet=True)
-    recipe = json.loads((out / "recipe.json").read_text())
-    assert recipe["synthetic_data"] is synthetic
+    assert read_provenance(out)["data"]["synthetic"] is synthetic
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in log if "loss" in x]
     valid = [x["valid_loss"] for x in log if "valid_loss" in x]

@@ -11,6 +11,7 @@ have the git blob ids the LoRA repository lists for them (see ``RELEASED_BLOBS``
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -101,8 +102,6 @@ def dumps(layout: dict) -> bytes:
 
 
 def git_blob_id(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 

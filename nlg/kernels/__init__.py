@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers.activations import NewGELUActivation
 
 from nlg.kernels.packed import supports
 from nlg.kernels.loss import FastMaskedLMLoss
@@ -47,8 +48,6 @@ class Installed:
 def fuse_gelu(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     """GPT-2's tanh GELU through PyTorch's fused kernel instead of transformers' seven-op Python formula: the same
     function (the authors' ``gelu`` too), equal to float rounding (|diff| <= 1 ulp). Returns (owner, old act)."""
-    from transformers.activations import NewGELUActivation
-
     swapped = []
     for module in model.modules():
         act = getattr(module, "act", None)

@@ -26,6 +26,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 _NOMINAL_ROWS = 512  # the n MKL is told at packing time; the packed layout does not depend on it (checked at load)
 
@@ -160,8 +161,6 @@ def _frozen_weights(model: nn.Module) -> Iterable[tuple[torch.Tensor, bool]]:
     """(weight, transpose) for every matmul the CPU trainer runs on a frozen weight: the blocks' Conv1D layers
     (LoRA's included), ``x @ W``; and a bias-free ``nn.Linear`` LM head (GPT-2's, tied to the embedding), both
     ``h @ W^T`` (logits) and ``g @ W`` (their gradient) as nlg.kernels.head_loss computes them."""
-    from transformers.pytorch_utils import Conv1D
-
     def frozen(w: torch.Tensor) -> bool:
         return (w.dim() == 2 and not w.requires_grad and w.dtype == torch.float32 and w.device.type == "cpu"
                 and w.numel() > 0)

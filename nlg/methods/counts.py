@@ -12,6 +12,7 @@ import sys
 
 from nlg.config import TrainConfig
 from nlg.methods import get_method
+from nlg.models import build_random
 
 # (card, method, paper figure) -> the flags whose formula count is nearest to it.
 NEAREST_SETTINGS: list[tuple[str, str, float, dict]] = [
@@ -64,8 +65,6 @@ def count_line(cfg: TrainConfig, model) -> str:
 
 def table() -> list[dict]:
     """One row per nearest setting: paper figure, formula count, exact trained and saved counts (meta device)."""
-    from nlg.models import build_random
-
     rows = []
     for card, method, figure, flags in NEAREST_SETTINGS:
         cfg = TrainConfig(model=card, method=method, **flags)
