@@ -132,7 +132,7 @@ def step_probs(logits: torch.Tensor, history: torch.Tensor | None, step: int, cf
 
 def step_log_probs(logits: torch.Tensor, history: torch.Tensor | None, step: int, cfg: DecodeConfig) -> torch.Tensor:
     """The authors' per-step scores, ``log(softmax(.))`` in fp32 (the search takes the log of the few
-    candidates it can pick only: see ``_search_batch``)."""
+    candidates it can pick only: see ``_expand``)."""
     return torch.log(step_probs(logits, history, step, cfg))
 
 
@@ -254,7 +254,7 @@ def _paper_search(cache: BeamCache, prompts: list[list[int]], cfg: DecodeConfig,
             scores, history, parent, tokens = scores[kept], history[rows], parent[rows], tokens[rows]
         cache.reorder(parent, kept)
         logits = cache.step(tokens)
-    return [tokens if tokens is not None else [] for tokens in best.tokens]
+    return [t if t is not None else [] for t in best.tokens]
 
 
 # ----------------------------------------------------------------------------------- the plain cache
@@ -294,7 +294,8 @@ def _model_step(model, input_ids, attention_mask, position_ids, cache, pool: _Bu
 class PlainCache:
     """The straightforward :class:`BeamCache`: transformers' DynamicCache with one row per beam (the prompt's
     keys/values copied into each of its beams), reordered with ``index_select``, read by the model's own attention
-    under an attention mask. Works for any model the search accepts (prefix tuning included)."""
+    under an attention mask. Works for any model the search accepts (prefix tuning included). ``pool`` is accepted
+    so that both caches are built alike, and unused."""
 
     pool: _BufferPool | None = None  # logits buffer (SharedPrefixCache's fallback uses one)
 
@@ -316,10 +317,12 @@ class PlainCache:
         return logits
 
     def reorder(self, parent: torch.Tensor, kept: torch.Tensor | None) -> None:
+        """Copy every row's keys/values from its parent (``kept`` is implied by ``parent``)."""
         self.kv.reorder_cache(parent)
         self.lens, self.mask = self.lens[parent], self.mask[parent]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The new token is attended by its row: the mask grows by one column; positions continue each prompt's."""
         self.mask = torch.cat((self.mask, self.mask.new_ones((tokens.numel(), 1))), 1)
         positions = (self.lens + self.fed)[:, None]
         logits, self.kv = _model_step(self.model, tokens[:, None], self.mask, positions, self.kv, self.pool)
@@ -327,6 +330,7 @@ class PlainCache:
         return logits
 
     def scratch(self, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """No reused memory: each step allocates its probabilities."""
         return None
 # ----------------------------------------------------------------------------------- the shared-prefix cache
 ATTENTION_NAME = "nlg_shared_prefix"
@@ -622,6 +626,7 @@ class SharedPrefixCache(PlainCache):
         self.stack.close()
 
     def start(self, prompts: list[list[int]]) -> torch.Tensor:
+        """The plain prefill, then its layers swapped for shared-prefix ones (when the model's layout allows)."""
         logits = super().start(prompts)
         self.shared = _to_shared_prefix_cache(self.model, self.kv, self.mask, self.cfg.beam, self.cfg.max_new_tokens,
                                               self.pool)
@@ -630,6 +635,8 @@ class SharedPrefixCache(PlainCache):
         return logits
 
     def reorder(self, parent: torch.Tensor, kept: torch.Tensor | None) -> None:
+        """Move only the generated vectors whose ancestry changed; the prompt part is per prompt, so it follows
+        ``kept`` alone."""
         if not self.shared:
             return super().reorder(parent, kept)
         self.lens = self.lens[parent]
@@ -646,15 +653,17 @@ class SharedPrefixCache(PlainCache):
             layer.move_rows(src, dst, parent.numel())
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """No mask: the shared-prefix attention knows the prompts' padding and reads every generated position."""
         if not self.shared:
             return super().step(tokens)
-        positions = (self.lens + self.fed)[:, None]  # the shared-prefix attention knows the padding itself
+        positions = (self.lens + self.fed)[:, None]
         logits, self.kv = _model_step(self.model, tokens[:, None], None, positions, self.kv, self.pool)
         self.fed += 1
         self.origins.written(self.kv.layers[0].generated - 1)
         return logits
 
     def scratch(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Pooled memory: a fresh rows x vocabulary tensor each step would cost page faults."""
         return self.pool.get(("probs",), shape, torch.empty((), dtype=torch.float32, device=self.device))
 
 
