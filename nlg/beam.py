@@ -10,17 +10,23 @@ The rules (each one reproduces a detail of their search; tests compare token for
   finished hypothesis (a candidate replaces the best only if strictly greater; the first beam wins ties) and that
   beam's score becomes -inf; after the last step every beam competes the same way.
 
-What makes it fast, with identical output: prompts are batched (left-padded, with explicit position ids), the
-prompt is run once per prompt instead of once per beam and its keys/values are kept once per prompt (the beams'
-attention reads them from there), generated keys/values sit in step-major buffers that a reorder rewrites only where
-a row's ancestry changed, buffers are reused across batches (fresh memory costs page faults), each beam's best tokens
-are selected in two stages (block maxima, then the best blocks: ``row_topk``), the log and the sum
-with the beam scores are taken for the k best tokens of each beam only (no other token can be among a prompt's k
-winners), identical prompts are decoded once, and a prompt stops as soon as no live beam can still beat its best
-finished hypothesis: a live beam's score can only fall, so ``score / max(len ** lp)`` over the lengths still
-possible bounds anything it can produce. Settled prompts leave the batch at once. (Floating-point sums in the
-attention run in another order than transformers' kernel, as any two attention kernels do; the search's outputs are
-checked token for token against the authors' code and against the plain path.)
+Layout: ``_paper_search`` is these rules for one batch, written over a :class:`BeamCache` (start the prompts,
+reorder the beams, feed one token per beam). :class:`PlainCache` implements it with transformers' DynamicCache,
+``index_select`` reorders and the model's own attention; :class:`SharedPrefixCache` (the default of
+``beam_search(cache=...)``) gives the same token ids faster: a prompt's keys/values are kept once per prompt, not
+copied into each beam (the beams' attention, ``_shared_prefix_attention``, reads them from there), generated
+keys/values sit in step-major buffers that a reorder rewrites only where a row's ancestry changed, buffers are
+reused across batches (fresh memory costs page faults) and GELU runs in place. Both share what lies in the rules
+function and is exact by construction: prompts batched (left-padded, explicit position ids) and each run through
+the model once (not once per beam), each beam's best
+tokens selected in two stages (block maxima, then the best blocks: ``row_topk``), the log and the sum with the beam
+scores taken for the k best tokens of each beam only (no other token can be among a prompt's k winners),
+identical prompts decoded once, and a prompt stopping as soon as no live beam can still beat its best finished
+hypothesis: a live beam's score can only fall, so ``score / max(len ** lp)`` over the lengths still possible bounds
+anything it can produce. Settled prompts leave the batch at once. (Floating-point sums in the shared-prefix
+attention run in another order than transformers' kernel, as any two attention kernels do; the search's outputs
+are checked token for token against the authors' code and between the two caches.) The attention function is
+registered with transformers by the first search that uses it, not at import.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from transformers import AttentionInterface
@@ -126,11 +132,207 @@ def step_probs(logits: torch.Tensor, history: torch.Tensor | None, step: int, cf
 
 def step_log_probs(logits: torch.Tensor, history: torch.Tensor | None, step: int, cfg: DecodeConfig) -> torch.Tensor:
     """The authors' per-step scores, ``log(softmax(.))`` in fp32 (the search takes the log of the few
-    candidates it can pick only: see ``_search_batch``)."""
+    candidates it can pick only: see ``_expand``)."""
     return torch.log(step_probs(logits, history, step, cfg))
 
 
-# ----------------------------------------------------------------------------------- exact speed-ups
+# ----------------------------------------------------------------------------------- the rules
+class BeamCache(Protocol):
+    """What the search asks of the model and its keys/values; everything else in a search is the authors' rules.
+
+    Rows are (prompt, beam) pairs, prompt-major: before the first reorder there is one row per prompt, after it
+    ``beam`` rows per prompt still in the batch. Implementations: :class:`PlainCache` (transformers' own cache and
+    attention, easy to follow) and :class:`SharedPrefixCache` (the same numbers stored and read without copies)."""
+
+    def start(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Run the prompts (one row each); the next-token logits after each prompt, ``[prompts, vocab]``."""
+
+    def reorder(self, parent: torch.Tensor, kept: torch.Tensor | None) -> None:
+        """Make row r continue the history of current row ``parent[r]``; ``kept``: the prompts (positions in the
+        batch) still decoding when some left, else None (``parent`` then only names rows of kept prompts)."""
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row (after :meth:`reorder`); the next-token logits, ``[rows, vocab]``."""
+
+    def scratch(self, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """A float32 buffer the search may overwrite at every step, or None to let it allocate one."""
+
+
+class _Best:
+    """Best finished hypothesis per prompt, updated exactly like the authors' ``_add_beam_candidate``."""
+
+    def __init__(self, n: int):
+        self.score: list[float | None] = [None] * n
+        self.tokens: list[list[int] | None] = [None] * n
+
+    def offer(self, prompt: int, score: float, tokens: list[int]) -> None:
+        """A candidate replaces the best only if strictly greater, so among equals the first offered stays."""
+        if self.score[prompt] is None or self.score[prompt] < score:
+            self.score[prompt] = score
+            self.tokens[prompt] = tokens
+
+
+def _expand(probs: torch.Tensor, scores: torch.Tensor | None, k: int):
+    """The step's ``k`` best (score, token, parent row) per prompt, best first, flattened prompt-major.
+
+    The first step (``scores`` None) expands beam 0 only: one row per prompt. Later steps take the top k of
+    beam x vocabulary. ``log`` is increasing, so a row's best children by probability are its best by score, and
+    no row gives more than k of its prompt's k winners: the log and the sum are needed for each row's k most
+    probable tokens only (the same values the full beam x vocabulary table would hold)."""
+    if scores is None:
+        top_p, top_tok = row_topk(probs, k)
+        parent = torch.arange(probs.shape[0], device=probs.device).repeat_interleave(k)
+        return torch.log(top_p), top_tok.view(-1), parent
+    b, kk = scores.shape[0], min(k, probs.shape[-1])
+    top_p, top_tok = row_topk(probs, kk)
+    total = (scores.unsqueeze(-1) + torch.log(top_p).view(b, k, kk)).view(b, k * kk)
+    best, flat = torch.topk(total, k, dim=1, largest=True, sorted=True)
+    parent = ((flat // kk) + torch.arange(b, device=probs.device)[:, None] * k).view(-1)
+    return best, top_tok.view(b, k * kk).gather(1, flat).view(-1), parent
+
+
+def _offer(best: _Best, active: list[int], normed: torch.Tensor, history: torch.Tensor,
+           ended: torch.Tensor | None = None) -> None:
+    """Let the beams (those ``ended`` only, when given) compete for their prompt's best finished hypothesis, in
+    beam order as the authors' loop does (the order decides ties)."""
+    k = normed.shape[1]
+    normed_rows, rows = normed.tolist(), history.tolist()
+    flags = ended.tolist() if ended is not None else [[True] * k] * len(active)
+    for j, prompt in enumerate(active):
+        for beam in range(k):
+            if flags[j][beam]:
+                best.offer(prompt, normed_rows[j][beam], rows[j * k + beam])
+
+
+def _unsettled(best: _Best, active: list[int], scores: torch.Tensor, length: int, max_len: int,
+               lp: float) -> list[int]:
+    """Batch positions of the prompts where a live beam may still beat the best finished hypothesis. A live
+    beam's score can only fall, so ``score / max(len ** lp)`` over the lengths still possible bounds anything it
+    can produce; the others are settled and may stop without changing the output."""
+    bound = (scores / max((length + 1) ** lp, max_len ** lp)).tolist()
+    return [j for j, p in enumerate(active)
+            if best.score[p] is None or any(s > best.score[p] for s in bound[j])]
+
+
+def _paper_search(cache: BeamCache, prompts: list[list[int]], cfg: DecodeConfig, early_stop: bool,
+                  stats: SearchStats) -> list[list[int]]:
+    """The authors' beam search over one batch of prompts; the best finished hypothesis of each (end token kept).
+
+    Per step: the scores (penalties and bans on the generated tokens, ``log(softmax)``) and the expansion (beam 0
+    only at first); any beam whose last token is an end token competes with ``score / len ** lp`` and dies
+    (-inf); after the last step every beam competes. With ``early_stop``, settled prompts leave the batch (never
+    changes the output). How the model's keys/values are kept is the cache's business."""
+    k, lp, max_len = cfg.beam, cfg.length_penalty, cfg.max_new_tokens
+    logits = cache.start(prompts)
+    device = logits.device
+    eos = torch.tensor(sorted(set(cfg.eos_token_ids)), device=device)
+    best, active = _Best(len(prompts)), list(range(len(prompts)))  # active: original index per prompt in the batch
+    history = scores = None
+    for step in range(max_len):
+        stats.steps += 1
+        stats.row_steps += logits.shape[0]
+        probs = step_probs(logits, history, step, cfg, cache.scratch(tuple(logits.shape)))
+        scores, tokens, parent = _expand(probs, scores, k)
+        history = tokens[:, None] if history is None else torch.cat((history[parent], tokens[:, None]), dim=1)
+        length = step + 1
+        ended = torch.isin(tokens, eos).view(-1, k)
+        if bool(ended.any()):
+            _offer(best, active, scores / length ** lp, history, ended)
+            scores = scores.masked_fill(ended, -math.inf)
+        if length == max_len:  # every beam competes (the finished ones are -inf by now)
+            _offer(best, active, scores / length ** lp, history)
+            break
+        keep = _unsettled(best, active, scores, length, max_len, lp) if early_stop else range(len(active))
+        stats.stopped_early += len(active) - len(keep)
+        if not keep:
+            break
+        kept = None
+        if len(keep) < len(active):
+            kept = torch.tensor(keep, device=device)
+            rows = (kept[:, None] * k + torch.arange(k, device=device)[None, :]).view(-1)
+            active = [active[j] for j in keep]
+            scores, history, parent, tokens = scores[kept], history[rows], parent[rows], tokens[rows]
+        cache.reorder(parent, kept)
+        logits = cache.step(tokens)
+    return [t if t is not None else [] for t in best.tokens]
+
+
+# ----------------------------------------------------------------------------------- the plain cache
+def _left_padded(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, position ids, lengths) of the prompts left-padded to one width: every prompt's next token is
+    then in the last column, and explicit positions keep padding from shifting a prompt's positions."""
+    lens = torch.tensor([len(p) for p in prompts], device=device)
+    width = int(lens.max())
+    ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, device=device)
+        mask[i, width - len(p):] = 1
+    positions = (torch.arange(width, device=device)[None, :] - (width - lens)[:, None]).clamp(min=0)
+    return ids, mask, positions, lens
+
+
+def _model_step(model, input_ids, attention_mask, position_ids, cache, pool: _BufferPool | None = None):
+    """One forward pass; only the last position goes through the LM head (into a reused buffer when a pool is
+    given and the head is a plain bias-free linear layer: a fresh rows x vocabulary tensor each step costs page
+    faults)."""
+    out = model.transformer(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    hidden = out.last_hidden_state[:, -1]
+    head = model.lm_head
+    if pool is not None and type(head) is torch.nn.Linear and head.bias is None and hidden.dim() == 2:
+        logits = pool.get(("logits",), (hidden.shape[0], head.weight.shape[0]), hidden)
+        return torch.mm(hidden, head.weight.t(), out=logits), out.past_key_values
+    return head(hidden), out.past_key_values
+
+
+class PlainCache:
+    """The straightforward :class:`BeamCache`: transformers' DynamicCache with one row per beam (the prompt's
+    keys/values copied into each of its beams), reordered with ``index_select``, read by the model's own attention
+    under an attention mask. Works for any model the search accepts (prefix tuning included). ``pool`` is accepted
+    so that both caches are built alike, and unused."""
+
+    pool: _BufferPool | None = None  # logits buffer (SharedPrefixCache's fallback uses one)
+
+    def __init__(self, model, cfg: DecodeConfig, pool: _BufferPool | None = None):
+        self.model, self.cfg = model, cfg
+        self.device = next(model.parameters()).device
+        self.kv = None
+        self.fed = 0  # tokens appended per row since the prompt
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def start(self, prompts: list[list[int]]) -> torch.Tensor:
+        ids, self.mask, positions, self.lens = _left_padded(prompts, self.device)
+        logits, self.kv = _model_step(self.model, ids, self.mask, positions, None)
+        return logits
+
+    def reorder(self, parent: torch.Tensor, kept: torch.Tensor | None) -> None:
+        """Copy every row's keys/values from its parent (``kept`` is implied by ``parent``)."""
+        self.kv.reorder_cache(parent)
+        self.lens, self.mask = self.lens[parent], self.mask[parent]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The new token is attended by its row: the mask grows by one column; positions continue each prompt's."""
+        self.mask = torch.cat((self.mask, self.mask.new_ones((tokens.numel(), 1))), 1)
+        positions = (self.lens + self.fed)[:, None]
+        logits, self.kv = _model_step(self.model, tokens[:, None], self.mask, positions, self.kv, self.pool)
+        self.fed += 1
+        return logits
+
+    def scratch(self, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """No reused memory: each step allocates its probabilities."""
+        return None
+# ----------------------------------------------------------------------------------- the shared-prefix cache
 ATTENTION_NAME = "nlg_shared_prefix"
 TOPK_CHUNK = 64  # columns per block of the two-stage top-k over the vocabulary
 
@@ -289,7 +491,8 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, scaling=
     """Attention of one new position per row over its prompt (shared by the prompt's beams) and its own
     generated positions: softmax(q K^T * scaling) V over both parts at once, as the plain attention computes it.
 
-    Registered under ``ATTENTION_NAME``; used only while a search swaps it in (see ``_shared_prefix``)."""
+    Registered under ``ATTENTION_NAME`` by the first search that needs it; used only while a search swaps it in
+    (see ``_shared_prefix``)."""
     layer: _SharedPrefixLayer = module._nlg_beam_layer
     rows, heads, _, dim = query.shape
     beams = layer.beams
@@ -315,13 +518,23 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, scaling=
     return out.unsqueeze(1), None  # rows x 1 x heads x dim, like the other attention functions
 
 
-AttentionInterface.register(ATTENTION_NAME, _shared_prefix_attention)
+_registered = False
+
+
+def _register_attention() -> None:
+    """Make ``ATTENTION_NAME`` known to transformers, once, when a search first needs it: importing this module
+    changes nothing in transformers."""
+    global _registered
+    if not _registered:
+        AttentionInterface.register(ATTENTION_NAME, _shared_prefix_attention)
+        _registered = True
 
 
 @contextlib.contextmanager
 def _shared_prefix(model, cache):
     """While decoding steps run: every attention module reads its ``_SharedPrefixLayer`` through
     ``_shared_prefix_attention`` (a private copy of the config names it; the model's own config is untouched)."""
+    _register_attention()
     blocks = list(getattr(getattr(model, "transformer", None), "h", []))
     attns = [block.attn for block in blocks]
     config = copy.copy(attns[0].config)
@@ -391,164 +604,78 @@ def _fast_gelu(model):
             mlp.act = act
 
 
-# ----------------------------------------------------------------------------------- the search
-def _model_step(model, input_ids, attention_mask, position_ids, cache, pool: _BufferPool | None = None):
-    """One forward pass; only the last position goes through the LM head (into a reused buffer when the head is
-    a plain bias-free linear layer: a fresh rows x vocabulary tensor each step costs page faults)."""
-    out = model.transformer(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    hidden = out.last_hidden_state[:, -1]
-    head = model.lm_head
-    if pool is not None and type(head) is torch.nn.Linear and head.bias is None and hidden.dim() == 2:
-        logits = pool.get(("logits",), (hidden.shape[0], head.weight.shape[0]), hidden)
-        return torch.mm(hidden, head.weight.t(), out=logits), out.past_key_values
-    return head(hidden), out.past_key_values
+class SharedPrefixCache(PlainCache):
+    """The fast :class:`BeamCache`, the same numbers as :class:`PlainCache` (same token ids): the prompt's
+    keys/values are kept once per prompt and read by ``_shared_prefix_attention``, generated ones sit in pooled
+    step-major buffers that a reorder rewrites only where a row's ancestry changed (``_BeamOrigins``), logits and
+    probabilities reuse pooled memory, and GELU runs in place. A model whose cache is not the plain GPT-2 layout
+    (e.g. prefix tuning) keeps the plain cache, with the pooled buffers and the in-place GELU."""
+
+    def __init__(self, model, cfg: DecodeConfig, pool: _BufferPool | None = None):
+        super().__init__(model, cfg)
+        self.pool = pool if pool is not None else _BufferPool()
+        self.stack = contextlib.ExitStack()
+        self.shared = False  # whether the shared-prefix layers replaced the plain ones
+        self.origins: _BeamOrigins | None = None
+
+    def __enter__(self):
+        self.stack.enter_context(_fast_gelu(self.model))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.close()
+
+    def start(self, prompts: list[list[int]]) -> torch.Tensor:
+        """The plain prefill, then its layers swapped for shared-prefix ones (when the model's layout allows)."""
+        logits = super().start(prompts)
+        self.shared = _to_shared_prefix_cache(self.model, self.kv, self.mask, self.cfg.beam, self.cfg.max_new_tokens,
+                                              self.pool)
+        if self.shared:
+            self.stack.enter_context(_shared_prefix(self.model, self.kv))
+        return logits
+
+    def reorder(self, parent: torch.Tensor, kept: torch.Tensor | None) -> None:
+        """Move only the generated vectors whose ancestry changed; the prompt part is per prompt, so it follows
+        ``kept`` alone."""
+        if not self.shared:
+            return super().reorder(parent, kept)
+        self.lens = self.lens[parent]
+        if self.origins is None:  # first reorder: nothing generated yet, only settled prompts may leave
+            self.origins = _BeamOrigins(self.cfg.max_new_tokens, parent.numel(), parent.device)
+            if kept is None:
+                return
+            src, dst = parent[:0], None
+        else:
+            src, dst = self.origins.reorder(parent, self.kv.layers[0].generated, same_rows=kept is None)
+        for layer in self.kv.layers:
+            if kept is not None:
+                layer.select_prompts(kept)
+            layer.move_rows(src, dst, parent.numel())
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """No mask: the shared-prefix attention knows the prompts' padding and reads every generated position."""
+        if not self.shared:
+            return super().step(tokens)
+        positions = (self.lens + self.fed)[:, None]
+        logits, self.kv = _model_step(self.model, tokens[:, None], None, positions, self.kv, self.pool)
+        self.fed += 1
+        self.origins.written(self.kv.layers[0].generated - 1)
+        return logits
+
+    def scratch(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Pooled memory: a fresh rows x vocabulary tensor each step would cost page faults."""
+        return self.pool.get(("probs",), shape, torch.empty((), dtype=torch.float32, device=self.device))
 
 
-class _Best:
-    """Best finished hypothesis per prompt, updated exactly like the authors' ``_add_beam_candidate``."""
-
-    def __init__(self, n: int):
-        self.score: list[float | None] = [None] * n
-        self.tokens: list[list[int] | None] = [None] * n
-
-    def offer(self, prompt: int, score: float, tokens: list[int]) -> None:
-        if self.score[prompt] is None or self.score[prompt] < score:
-            self.score[prompt] = score
-            self.tokens[prompt] = tokens
+CACHES = {"shared-prefix": SharedPrefixCache, "plain": PlainCache}
 
 
 @torch.inference_mode()
 def _search_batch(model, prompts: list[list[int]], cfg: DecodeConfig, early_stop: bool, stats: SearchStats,
-                  pool: _BufferPool | None = None):
-    pool = pool if pool is not None else _BufferPool()
-    device = next(model.parameters()).device
-    k, lp, max_len = cfg.beam, cfg.length_penalty, cfg.max_new_tokens
-    eos = torch.tensor(sorted(set(cfg.eos_token_ids)), device=device)
-    n = len(prompts)
-    lens = torch.tensor([len(p) for p in prompts], device=device)
-    width = int(lens.max())
-    ids = torch.full((n, width), PAD_ID, dtype=torch.long, device=device)
-    mask = torch.zeros((n, width), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, device=device)
-        mask[i, width - len(p):] = 1
-    positions = (torch.arange(width, device=device)[None, :] - (width - lens)[:, None]).clamp(min=0)
-
-    logits, cache = _model_step(model, ids, mask, positions, None)
-    best = _Best(n)
-    active = list(range(n))  # original prompt index of each prompt still in the batch
-    history = None
-    beam_scores = None
-    row_lens = lens
-    row_mask = mask
-    steps = 0
-    fast = False
-    origins = None  # where each generated key/value vector came from (fast path)
-    with contextlib.ExitStack() as shared:
-        for step in range(max_len):
-            steps += 1
-            stats.row_steps += logits.shape[0]
-            b = len(active)
-            probs_buffer = pool.get(("probs",), logits.shape, logits.new_empty((), dtype=torch.float32))
-            probs = step_probs(logits, history, step, cfg, probs_buffer)
-            vocab = probs.shape[-1]
-            if step == 0:
-                top_p, top_tok = row_topk(probs, k)  # beam 0 only
-                scores, tokens = torch.log(top_p), top_tok.view(-1)
-                parent = torch.arange(b, device=device).repeat_interleave(k)  # prefill rows are one per prompt
-            else:
-                # log is increasing, so a row's best children by probability are its best by score, and no row
-                # gives more than k of a prompt's k winners: the log and the sum are needed for k x k candidates
-                # per prompt only (the same values the full beam x vocabulary table would hold)
-                kk = min(k, vocab)
-                top_p, top_tok = row_topk(probs, kk)
-                total = (beam_scores.unsqueeze(-1) + torch.log(top_p).view(b, k, kk)).view(b, k * kk)
-                scores, flat = torch.topk(total, k, dim=1, largest=True, sorted=True)
-                parent = ((flat // kk) + torch.arange(b, device=device)[:, None] * k).view(-1)
-                tokens = top_tok.view(b, k * kk).gather(1, flat).view(-1)
-            history = tokens[:, None] if history is None else torch.cat((history[parent], tokens[:, None]), dim=1)
-            beam_scores = scores
-            cur_len = step + 1
-
-            # finished hypotheses (the authors check every beam's last token after every step)
-            ended = torch.isin(tokens, eos).view(b, k)
-            last = cur_len == max_len
-            if bool(ended.any()) or last:
-                normed = (beam_scores / (cur_len ** lp)).tolist()
-                ended_list = ended.tolist()
-                hist_rows = None
-                for j in range(b):
-                    for beam in range(k):
-                        if ended_list[j][beam]:
-                            if hist_rows is None:
-                                hist_rows = history.tolist()
-                            best.offer(active[j], normed[j][beam], hist_rows[j * k + beam])
-                beam_scores = beam_scores.masked_fill(ended, -math.inf)
-                if last:  # after the last step every remaining beam competes (finished ones are -inf by now)
-                    normed = (beam_scores / (cur_len ** lp)).tolist()
-                    hist_rows = history.tolist()
-                    for j in range(b):
-                        for beam in range(k):
-                            best.offer(active[j], normed[j][beam], hist_rows[j * k + beam])
-                    break
-
-            # settled prompts: no live beam can beat the best finished hypothesis any more
-            keep = list(range(b))
-            if early_stop:
-                denom = max((cur_len + 1) ** lp, max_len ** lp)
-                bound = (beam_scores / denom).tolist()
-                keep = [
-                    j for j in range(b)
-                    if best.score[active[j]] is None or any(s > best.score[active[j]] for s in bound[j])
-                ]
-                stats.stopped_early += b - len(keep)
-                if not keep:
-                    break
-            sel = None
-            if len(keep) < b:
-                sel = torch.tensor(keep, device=device)
-                rows = (sel[:, None] * k + torch.arange(k, device=device)[None, :]).view(-1)
-                active = [active[j] for j in keep]
-                beam_scores = beam_scores[sel]
-                history = history[rows]
-                parent = parent[rows]
-                tokens = tokens[rows]
-                b = len(keep)
-            # row_lens / row_mask are indexed by the parent rows of the cache (prompt rows at step 0)
-            if step == 0:
-                fast = _to_shared_prefix_cache(model, cache, mask, k, max_len, pool)
-                if fast:
-                    shared.enter_context(_shared_prefix(model, cache))
-            if not fast:
-                cache.reorder_cache(parent)
-            elif origins is None:  # step 0: the buffers are empty, only settled prompts may leave
-                origins = _BeamOrigins(max_len, parent.numel(), device)
-                if sel is not None:
-                    for layer in cache.layers:
-                        layer.select_prompts(sel)
-                        layer.move_rows(parent[:0], None, parent.numel())
-            else:
-                src, dst = origins.reorder(parent, cache.layers[0].generated, same_rows=sel is None)
-                for layer in cache.layers:
-                    if sel is not None:
-                        layer.select_prompts(sel)
-                    layer.move_rows(src, dst, parent.numel())
-            row_lens = row_lens[parent]
-            positions = (row_lens + step)[:, None]
-            if fast:  # the shared-prefix attention knows the padding itself
-                logits, cache = _model_step(model, tokens[:, None], None, positions, cache, pool)
-                origins.written(cache.layers[0].generated - 1)
-            else:
-                row_mask = torch.cat((row_mask[parent], row_mask.new_ones((parent.numel(), 1))), 1)
-                logits, cache = _model_step(model, tokens[:, None], row_mask, positions, cache, pool)
-    stats.steps += steps
-    return [best.tokens[i] if best.tokens[i] is not None else [] for i in range(n)]
+                  pool: _BufferPool | None = None, cache: str = "shared-prefix") -> list[list[int]]:
+    """One batch: the rules (``_paper_search``) over a fresh cache of the kind asked for."""
+    with CACHES[cache](model, cfg, pool) as kv:
+        return _paper_search(kv, prompts, cfg, early_stop, stats)
 
 
 def beam_search(
@@ -562,13 +689,17 @@ def beam_search(
     truncate: bool = False,
     progress: bool | Callable[[int], None] = False,
     stats: SearchStats | None = None,
+    cache: str = "shared-prefix",
 ) -> list[list[int]]:
     """Decode every prompt with the authors' beam search; returns the generated ids (end token included).
 
     ``batch_size`` prompts run together (default ``cfg.batch_size``); ``early_stop`` and ``dedup`` never change
-    the output. ``truncate`` keeps the last tokens of a too-long prompt, as the authors' data loader silently does;
-    without it such a prompt raises :class:`PromptError`.
+    the output, nor does ``cache``: ``"shared-prefix"`` (:class:`SharedPrefixCache`, fast) or ``"plain"``
+    (:class:`PlainCache`, transformers' own cache and attention). ``truncate`` keeps the last tokens of a too-long
+    prompt, as the authors' data loader silently does; without it such a prompt raises :class:`PromptError`.
     """
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {sorted(CACHES)}, got {cache!r}")
     if cfg.beam < 1:
         raise ValueError(f"beam must be >= 1, got {cfg.beam}")
     if cfg.max_new_tokens < 1:
@@ -614,8 +745,7 @@ def beam_search(
         for first in range(0, len(order), size):
             idx = order[first:first + size]
             t0 = time.perf_counter()
-            with _fast_gelu(model):
-                outs = _search_batch(model, [list(unique[i]) for i in idx], cfg, early_stop, stats, pool)
+            outs = _search_batch(model, [list(unique[i]) for i in idx], cfg, early_stop, stats, pool, cache)
             stats.per_batch.append({"prompts": len(idx), "seconds": time.perf_counter() - t0})
             for i, out in zip(idx, outs):
                 results[i] = out
@@ -633,3 +763,4 @@ def beam_search(
         by_prompt = dict(zip(unique, results))
         return [list(by_prompt[p]) for p in clean]
     return [list(r) for r in results]
+

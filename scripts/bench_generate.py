@@ -2,13 +2,15 @@
 
 Seconds per prompt on a randomly initialised model of a real shape (default gpt2-medium) for distinct E2E test
 contexts, each implementation at the batch sizes given (its best is used for the ratios). Outputs are checked:
-ours must equal the authors' token for token (when their clone is given) and must not depend on the batch size.
+ours must equal the authors' token for token (when their clone is given) and must depend neither on the batch size
+nor on the cache (`--cache shared-prefix plain` times both, interleaved).
 A random model rarely ends a hypothesis, so every prompt runs all steps: early stopping does not help here, this
 measures the search itself.
 
     python scripts/bench_generate.py --prompts 50 --batch-sizes 1 8 16 --hf-batch-sizes 1 8 \\
         --authors-ref ../ref/microsoft+LoRA --authors-batch-sizes 1
     python scripts/bench_generate.py --prompts 3 --max-new-tokens 8     # a quick run
+    python scripts/bench_generate.py --prompts 16 --batch-sizes 16 --hf-batch-sizes --cache shared-prefix plain
 """
 from __future__ import annotations
 
@@ -65,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=50)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16])
+    ap.add_argument("--cache", nargs="+", choices=["shared-prefix", "plain"], default=["shared-prefix"],
+                    help="our search's cache (nlg.beam.CACHES); several are timed side by side, the first is 'ours'")
     ap.add_argument("--hf-batch-sizes", type=int, nargs="*", default=[1, 8])
     ap.add_argument("--authors-ref", type=Path, help="a clone of github.com/microsoft/LoRA to time their gpt2_beam.py")
     ap.add_argument("--authors-batch-sizes", type=int, nargs="+", default=[1])
@@ -83,22 +87,24 @@ def main(argv=None) -> int:
     print(f"{args.model} (random weights), {len(prompts)} distinct E2E test prompts from {source}, beam {cfg.beam}, "
           f"{cfg.max_new_tokens} new tokens, {torch.get_num_threads()} threads", flush=True)
     rows, outputs = [], {}
-    runs = [("ours", b) for b in args.batch_sizes] + [("transformers", b) for b in args.hf_batch_sizes]
-    times: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
+    label = {c: "ours" if i == 0 else f"ours-{c}" for i, c in enumerate(args.cache)}  # the first cache is "ours"
+    runs = [(label[c], c, b) for b in args.batch_sizes for c in args.cache]
+    runs += [("transformers", None, b) for b in args.hf_batch_sizes]
+    times: dict[tuple[str, int], list[float]] = {(impl, b): [] for impl, _, b in runs}
     for rep in range(args.repeats):  # interleaved, best of N: the machine may be shared
-        for impl, b in runs:
-            if impl == "ours":
+        for impl, cache, b in runs:
+            if cache is not None:
                 stats = SearchStats()
-                out, sec = timed(lambda: beam_search(model, prompts, cfg, batch_size=b, stats=stats))
+                out, sec = timed(lambda: beam_search(model, prompts, cfg, batch_size=b, stats=stats, cache=cache))
             else:
                 out, sec = timed(lambda: hf_beam_search(model, prompts, cfg, batch_size=b))
             outputs.setdefault("ours", out)
             times[(impl, b)].append(sec)
             same = out == outputs["ours"]
-            if impl == "ours" and not same:
-                raise SystemExit(f"ours at batch {b} differs from ours at batch {args.batch_sizes[0]}")
-            print(f"[{rep + 1}/{args.repeats}] {impl:12s} batch {b:3d}: {sec / len(prompts):8.3f} s/prompt"
-                  + ("" if impl == "ours" else f"  (equal to ours: {same}; not expected, different rules)"), flush=True)
+            if cache is not None and not same:
+                raise SystemExit(f"{impl} at batch {b} differs from ours at batch {args.batch_sizes[0]}")
+            print(f"[{rep + 1}/{args.repeats}] {impl:18s} batch {b:3d}: {sec / len(prompts):8.3f} s/prompt"
+                  + ("" if cache else f"  (equal to ours: {same}; not expected, different rules)"), flush=True)
     for (impl, b), secs in times.items():
         rows.append({"impl": impl, "batch": b, "prompts": len(prompts), "s_per_prompt": min(secs) / len(prompts),
                      "runs_s": secs})
@@ -124,7 +130,7 @@ def main(argv=None) -> int:
     print("best: " + ", ".join(f"{k} {v['s_per_prompt']:.3f} s/prompt at batch {v['batch']}" for k, v in best.items()))
     ratios = {f"{k}/ours": v["s_per_prompt"] / ours for k, v in best.items() if k != "ours"}
     for k, v in ratios.items():
-        print(f"speed-up over {k.split('/')[0]}: {v:.1f}x")
+        print(f"speed-up over {k.split('/')[0]}: {v:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "best": best, "ratios": ratios, "model": args.model,
                                          "max_new_tokens": cfg.max_new_tokens, "threads": torch.get_num_threads()},
