@@ -43,7 +43,7 @@ from nlg.optim import SCHEDULES
 from nlg.tensorboard_log import REPORT_TO, TensorBoardUnavailable
 from nlg.tensorboard_log import check_available as check_tensorboard
 from nlg.train_build import PRECISIONS, build, micro_step, update, validate
-from nlg.run_folder import DATA, RunFolder, default_train_dir, encoded_file
+from nlg.run_folder import DATA, TRAIN_SUMMARY, default_train_dir, encoded_file
 from nlg.train_run import TrainError, TrainingRun, check_resume_config, data_fingerprints
 
 SELECT_BY = ("last", "valid_loss")  # which weights adapter/ holds: the final ones, or those of the lowest dev loss
@@ -194,8 +194,7 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def run(self) -> Path:
         if self.mode == "finished":
-            summary = RunFolder(self.run_dir).summary.name
-            self.info(f"{self.run_dir}: this run already finished ({summary}); nothing to do")
+            self.info(f"{self.run_dir}: this run already finished ({TRAIN_SUMMARY}); nothing to do")
             self.folder.release()
             return self.run_dir
         try:  # on resume, TensorBoard events after the checkpoint's step go, like log.jsonl's lines
@@ -345,7 +344,7 @@ class Trainer:
         best = self.folder.load_best()
         if best is None or best["info"].get("step") != chosen["step"]:
             found = "none" if best is None else f"step {best['info'].get('step')}"
-            raise TrainError(f"{RunFolder(self.run_dir).checkpoints / BEST_DIR}: expected the best checkpoint of step "
+            raise TrainError(f"{self.folder.files.checkpoints / BEST_DIR}: expected the best checkpoint of step "
                              f"{chosen['step']}, found {found}; rerun with --select-by last or --overwrite")
         self.method.load_state(self.model, {k: v.to(self.dist.device) for k, v in best["trainable"].items()})
 
