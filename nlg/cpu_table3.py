@@ -41,9 +41,9 @@ from eval.table_report import build_table_report
 from nlg.config import PretrainConfig
 from nlg.io_utils import atomic_open, iter_jsonl, write_json
 from nlg.pipeline import SHARED_DATA, run_stage
-from nlg.pretrain import pretrain, pretrain_info
+from nlg.pretrain import pretrain
 from nlg.run_folder import (DATA, DATA_SOURCE, MANIFEST, RAW_SYNTHETIC, REPORT_DIR, RUNS, RunFolder, encoded_file,
-                            formatted_file)
+                            formatted_file, pretrain_info)
 from nlg.train_run import provenance_record
 
 REPO = Path(__file__).resolve().parent.parent

@@ -296,8 +296,8 @@ def stage_decode(opts: PipelineOptions, run_dir: Path) -> None:
 
 
 def stage_score(opts: PipelineOptions, run_dir: Path) -> None:
-    out = RunFolder(run_dir).scores(opts.split)
-    eval_dir = RunFolder(run_dir).eval_dir(opts.split)
+    run = RunFolder(run_dir)
+    out, eval_dir = run.scores(opts.split), run.eval_dir(opts.split)
     files = {f"{EVAL}/{opts.split}/{p.relative_to(eval_dir)}": p for p in sorted(eval_dir.rglob("*"))
              if p.is_file()} if eval_dir.is_dir() else {}
     inputs = stage_inputs(files, {"split": opts.split})
@@ -336,11 +336,6 @@ def run_pipeline(opts: PipelineOptions) -> Path:
     return run_dir
 
 
-def seed_run_dir(base: Path, seed: int) -> Path:
-    """The run folder of one seed: ``<base>-s<seed>``."""
-    return seed_dir(base, seed)
-
-
 def run_seeds(opts: PipelineOptions) -> Path:
     """The protocol once per seed in ``<run-dir>-s<seed>``, then one report over them in ``<run-dir>-seeds``;
     returns that report folder. Each seed's folder resumes on its own, so re-running continues where it stopped."""
@@ -350,7 +345,7 @@ def run_seeds(opts: PipelineOptions) -> Path:
     run_dirs = []
     for seed in opts.seeds:
         log(f"seed {seed}")
-        one = dataclasses.replace(opts, seeds=[], run_dir=seed_run_dir(base, seed),
+        one = dataclasses.replace(opts, seeds=[], run_dir=seed_dir(base, seed),
                                   trainer_args=[*opts.trainer_args, "--seed", str(seed)])  # the last --seed wins
         run_dirs.append(run_pipeline(one))
     out = seeds_report_dir(base)

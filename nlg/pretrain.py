@@ -40,11 +40,9 @@ from nlg.io_utils import read_json_object, write_json, write_jsonl
 from nlg.models import CARDS
 from nlg.pipeline import SHARED_DATA
 from nlg.run_folder import (ADAPTER, CHECKPOINTS, CORPUS_INFO, HELDOUT, PRETRAIN_CORPUS, PRETRAIN_INFO, PRETRAIN_MODEL,
-                            PRETRAIN_RUN, RunFolder, encoded_file, pretrain_info)
-from nlg.run_folder import describe_pretrained as describe
+                            PRETRAIN_RUN, RunFolder, describe_pretrained, encoded_file, pretrain_info)
 from nlg.tokenizer import EOS_ID, get_tokenizer
 
-INFO_FILE = PRETRAIN_INFO
 CORPUS_KINDS = ("shared", "generated")
 PRECISION_CHOICES = ("auto", "bf16", "fp32", "fp16")
 
@@ -84,7 +82,7 @@ def default_model_dir(card: str = "mini") -> Path | None:
     """The newest finished pretrained ``model/`` folder of ``card`` in the cache (what ``--model mini`` loads)."""
     root = cache_root()
     found = [p for p in root.glob(f"{card}-*/{PRETRAIN_MODEL}")
-             if (p / INFO_FILE).is_file() and (p / "config.json").is_file()]
+             if (p / PRETRAIN_INFO).is_file() and (p / "config.json").is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -160,9 +158,9 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
     say = (lambda m: None) if quiet else (lambda m: print(f"[pretrain] {m}", file=sys.stderr, flush=True))
     if overwrite and folder.exists():
         shutil.rmtree(folder)
-    if (model_dir / INFO_FILE).is_file():
+    if (model_dir / PRETRAIN_INFO).is_file():
         info = pretrain_info(model_dir)
-        say(f"reusing the cached pretrained model {model_dir} ({describe(info)})")
+        say(f"reusing the cached pretrained model {model_dir} ({describe_pretrained(info)})")
         return model_dir
     corpus_info = read_json_object(corpus_dir / CORPUS_INFO, missing_ok=True)
     if corpus_info is None or corpus_info.get("fingerprint") != corpus.fingerprint():
@@ -198,13 +196,13 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
     if tmp.exists():
         shutil.rmtree(tmp)
     trainer.model.save_pretrained(str(tmp))
-    write_json(tmp / INFO_FILE, info)
+    write_json(tmp / PRETRAIN_INFO, info)
     if model_dir.exists():
         shutil.rmtree(model_dir)
     os.replace(tmp, model_dir)
     for name in (CHECKPOINTS, ADAPTER):  # the weights now live in model/; checkpoints only served resuming
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    say(f"wrote {model_dir}: {describe(info)}")
+    say(f"wrote {model_dir}: {describe_pretrained(info)}")
     return model_dir
 
 

@@ -11,7 +11,8 @@ import torch
 from data.corpus import EXCLUDED_SOURCES, HELD_OUT_EVERY, generated_documents, shared_corpus, tokenized_style
 from nlg.config import PretrainConfig
 from nlg.models import ModelLoadError, load_model
-from nlg.pretrain import describe, pack_blocks, pretrain, pretrain_info
+from nlg.pretrain import pack_blocks, pretrain
+from nlg.run_folder import describe_pretrained, pretrain_info
 from nlg.tokenizer import EOS_ID
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -97,7 +98,8 @@ def test_pretraining_learns_on_a_fixed_corpus(tiny_pretrained):
     unique = len(set(generated_documents(1000)))  # exact duplicates are kept once
     assert info["corpus"]["kind"] == "generated" and info["corpus"]["documents"] == unique
     assert info["corpus"]["heldout_documents"] == unique // HELD_OUT_EVERY
-    assert "pretrained here from scratch" in describe(info) and "not OpenAI's GPT-2" in describe(info)
+    line = describe_pretrained(info)
+    assert "pretrained here from scratch" in line and "not OpenAI's GPT-2" in line
 
 
 def test_cached_pretrain_is_reused_and_a_rerun_is_identical(tiny_pretrained, capsys):
