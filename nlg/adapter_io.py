@@ -34,7 +34,8 @@ from safetensors.torch import save as st_save
 from nlg.config import TrainConfig, field_value
 from nlg.io_utils import InputFileError, atomic_group, atomic_open, cli_error, json_text, read_json_object, saving
 from nlg.lora import lora_settings, normalize_targets
-from nlg.methods import HYPER_PARAMS, get_method
+from nlg.methods import HYPER_PARAMS, get_method, method_for
+from nlg.methods.registry import WTE_REFUSED
 from nlg.methods.prefix import KV_KEY
 from nlg.models import CARDS, is_random_model, load_model
 from nlg.peft_import import is_peft_folder, read_peft_lora
@@ -102,7 +103,7 @@ def save_adapter(model, cfg: TrainConfig, folder: str | Path, checkpoint: dict |
     """Write the method's trained tensors and a JSON config describing how to rebuild the model; returns folder.
     ``checkpoint`` (training's record of which step's weights these are) goes into the config as is."""
     model = _unwrap(model)
-    method = get_method(cfg.method)
+    method = method_for(cfg)
     # a Method's export_state (prefix-layer: the plain prefixes); duck-typed stand-ins without one save what they train
     state = getattr(method, "export_state", method.trainable_state)(model)
     return write_adapter_folder(state, cfg, _model_shape(model), folder, checkpoint=checkpoint)
@@ -162,7 +163,7 @@ def _check_shape(model, expected: dict, where: Path) -> None:
 
 
 def _apply_and_load(model, cfg: TrainConfig, state: dict[str, torch.Tensor], where: Path, config_path: Path):
-    method = get_method(cfg.method)
+    method = method_for(cfg)
     try:
         method.apply(model, cfg)
     except ValueError as exc:  # settings that pass the checks yet do not fit this model
@@ -258,6 +259,10 @@ def _hyper_problem(cfg: TrainConfig) -> tuple[str, str] | None:
             normalize_targets(cfg.lora_targets)
         except ValueError as exc:
             return "lora_targets", str(exc)
+    if cfg.wte_rank < 0:
+        return "wte_rank", f"wte_rank must be >= 0, got {cfg.wte_rank}"
+    if cfg.wte_rank and cfg.method in WTE_REFUSED:
+        return "wte_rank", f"wte_rank does not combine with method {cfg.method!r}: {WTE_REFUSED[cfg.method]}"
     if cfg.method in ("adapter-h", "adapter-l") and cfg.adapter_dim < 1:
         return "adapter_dim", f"{cfg.method} needs adapter_dim >= 1, got {cfg.adapter_dim}"
     if cfg.method in ("prefix-layer", "prefix-embed"):
@@ -309,7 +314,7 @@ def load_for_decoding(path: str | Path, base_model: str | None = None, device: s
                       lora_alpha: float = PAPER_ALPHA, model=None):
     """``load_adapter`` then the method's ``for_inference`` (LoRA: merged into W), in eval mode on ``device``."""
     model, cfg = load_adapter(path, model=model, base_model=base_model, device=device, lora_alpha=lora_alpha)
-    model = get_method(cfg.method).for_inference(model)
+    model = method_for(cfg).for_inference(model)
     return model.to(device).eval()
 
 
@@ -323,6 +328,8 @@ def peft_unexportable(cfg: TrainConfig) -> str | None:
     """Why a run's adapter has no exact PEFT equivalent, or None when it has one."""
     if cfg.method not in PEFT_METHODS:
         return f"PEFT export covers {' and '.join(PEFT_METHODS)}, not method {cfg.method!r}"
+    if cfg.wte_rank:
+        return "PEFT has no prefix with LoRA on GPT-2's tied embedding: a run with --wte-rank has no equal PEFT adapter"
     if cfg.method == "lora" and "wte" in normalize_targets(cfg.lora_targets):
         return ("PEFT's LoRA on an embedding adapts the lookup only, not GPT-2's tied LM head: "
                 "a run with LoRA on wte has no equal PEFT adapter")

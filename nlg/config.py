@@ -49,6 +49,9 @@ class TrainConfig:
     prefix_len: int = 0
     infix_len: int = 0
     prefix_mid_dim: int = 512  # prefix-layer reparameterisation MLP width (Li & Liang's mid_dim)
+    # LoRA of this rank on the tied token embedding beside a frozen-base method (adapters, prefixes, ft-top2),
+    # scaled by lora_alpha / wte_rank; 0: none (the paper). For lora itself: --lora-targets ...,wte
+    wte_rank: int = 0
     # optimisation (AdamW as in the authors' optimizer.py)
     lr: float = 2e-4
     weight_decay: float = 0.01

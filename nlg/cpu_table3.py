@@ -66,6 +66,21 @@ class Row:
     paper_method: str | None = None
 
 
+WTE_FLAGS = ("--wte-rank", "16", "--lora-alpha", "128")
+TUNED_FROZEN = (  # the frozen-base methods' tuned rows, also run with LoRA on the token embedding (*-wte)
+    Row("ft-top2-lr", "FT^Top2, lr 1e-3", "tuned", "ft-top2", "last two blocks; lr 1e-3 (5x, FT's tuned factor)",
+        ("--lr", "1e-3")),
+    Row("adapter-l-lr", "Adapter^L, lr 2e-3", "tuned", "adapter-l", "bottleneck 6; lr 2e-3 (10x, LoRA's tuned factor)",
+        ("--adapter-dim", "6", "--lr", "2e-3")),
+    Row("adapter-h-lr", "Adapter^H, lr 2e-3", "tuned", "adapter-h", "bottleneck 28; lr 2e-3 (10x)",
+        ("--adapter-dim", "28", "--lr", "2e-3")),
+    Row("prefix-layer-lr", "PreLayer, lr 2e-3", "tuned", "prefix-layer", "l_p = 14; lr 2e-3 (10x)",
+        ("--prefix-len", "14", "--lr", "2e-3")),
+    Row("prefix-embed-lr", "PreEmbed, lr 2e-3", "tuned", "prefix-embed", "l_p = 14, l_i = 4; lr 2e-3 (10x)",
+        ("--prefix-len", "14", "--infix-len", "4", "--lr", "2e-3")),
+)
+_TUNED = {r.id: r for r in TUNED_FROZEN}
+
 ROWS: tuple[Row, ...] = (
     Row("no-adapt", "pretrained, no adaptation", "control", None, "the pretrained model decoded as it is"),
     Row("ft-random", "FT from random init", "control", "ft", "every weight, random initialisation, same budget",
@@ -75,24 +90,19 @@ ROWS: tuple[Row, ...] = (
     Row("ft-lr-2ep", "FT, lr 1e-3, 2 epochs", "tuned", "ft", "every weight; lr 1e-3; 2 epochs (the budget's 1 x 2)",
         ("--lr", "1e-3", "--epochs", "2"), seeds=3),
     Row("ft-top2", "FT^Top2", "method", "ft-top2", "last two blocks", paper_method="ft-top2"),
-    Row("ft-top2-lr", "FT^Top2, lr 1e-3", "tuned", "ft-top2", "last two blocks; lr 1e-3 (5x, FT's tuned factor)",
-        ("--lr", "1e-3")),
+    _TUNED["ft-top2-lr"],
     Row("adapter-l", "Adapter^L", "method", "adapter-l", "bottleneck 6 (paper: 6)", ("--adapter-dim", "6"),
         paper_method="adapter-l"),
-    Row("adapter-l-lr", "Adapter^L, lr 2e-3", "tuned", "adapter-l", "bottleneck 6; lr 2e-3 (10x, LoRA's tuned factor)",
-        ("--adapter-dim", "6", "--lr", "2e-3")),
+    _TUNED["adapter-l-lr"],
     Row("adapter-h", "Adapter^H", "method", "adapter-h", "bottleneck 28 = 112 x 256/1024 (paper: 112)",
         ("--adapter-dim", "28"), paper_method="adapter-h"),
-    Row("adapter-h-lr", "Adapter^H, lr 2e-3", "tuned", "adapter-h", "bottleneck 28; lr 2e-3 (10x)",
-        ("--adapter-dim", "28", "--lr", "2e-3")),
+    _TUNED["adapter-h-lr"],
     Row("prefix-layer", "PreLayer", "method", "prefix-layer", "l_p = 14 (paper: 14), MLP width 512",
         ("--prefix-len", "14"), paper_method="prefix-layer"),
-    Row("prefix-layer-lr", "PreLayer, lr 2e-3", "tuned", "prefix-layer", "l_p = 14; lr 2e-3 (10x)",
-        ("--prefix-len", "14", "--lr", "2e-3")),
+    _TUNED["prefix-layer-lr"],
     Row("prefix-embed", "PreEmbed", "method", "prefix-embed", "l_p = 14, l_i = 4",
         ("--prefix-len", "14", "--infix-len", "4")),
-    Row("prefix-embed-lr", "PreEmbed, lr 2e-3", "tuned", "prefix-embed", "l_p = 14, l_i = 4; lr 2e-3 (10x)",
-        ("--prefix-len", "14", "--infix-len", "4", "--lr", "2e-3")),
+    _TUNED["prefix-embed-lr"],
     Row("lora", "LoRA", "method", "lora", "r = 4 on W_q, W_v, alpha 32 (paper)", ("--rank", "4"), seeds=3,
         paper_method="lora"),
     Row("lora-lr", "LoRA, lr 2e-3", "tuned", "lora", "r = 4 on W_q, W_v; lr 2e-3 (10x the paper's)",
@@ -113,6 +123,11 @@ ROWS: tuple[Row, ...] = (
         "r = 16 on q, k, v, o, c_fc, c_proj and wte; lr 2e-3; 2 epochs (as FT's 2-epoch row)",
         ("--rank", "16", "--lora-alpha", "128", "--lora-targets", "q,k,v,o,c_fc,c_proj,wte", "--lr", "2e-3",
          "--epochs", "2"), seeds=3),  # the best FT and LoRA settings: seeds as FT's and LoRA's rows
+    # the same embedding update beside the other frozen-base methods (--wte-rank, nlg.methods.embedding): rank and
+    # alpha of the best LoRA row's wte, each method at its tuned learning rate, so only the method inside differs
+    *(Row(f"{base.id}-wte", f"{base.label} + wte", "tuned", base.method,
+          f"{base.settings.split(';')[0]}; LoRA r = 16 on wte, alpha 128; lr {base.flags[-1]}",
+          (*base.flags, *WTE_FLAGS)) for base in TUNED_FROZEN),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 

@@ -300,11 +300,20 @@ def inject_lora(
                     first[key] = layer
             setattr(parent, attr, layer)
     if "wte" in targets:
-        tr = model.transformer
-        if model.lm_head.weight is not tr.wte.weight:
-            raise LoRAError("LoRA on wte needs GPT-2's tied LM head (lm_head.weight is transformer.wte.weight)")
-        tr.wte = LoRAEmbedding(tr.wte, rank, alpha)
-        model.lm_head = LoRATiedHead(model.lm_head, tr.wte)
+        inject_embedding_lora(model, rank, alpha)
+    return model
+
+
+def inject_embedding_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
+    """LoRA on the tied token embedding only, leaving every other parameter's ``requires_grad`` as it is (so a
+    method that trains its own modules can add it: ``--wte-rank``); returns the model."""
+    tr = model.transformer
+    if isinstance(tr.wte, LoRAEmbedding):
+        raise LoRAError("the model's token embedding already has LoRA")
+    if model.lm_head.weight is not tr.wte.weight:
+        raise LoRAError("LoRA on wte needs GPT-2's tied LM head (lm_head.weight is transformer.wte.weight)")
+    tr.wte = LoRAEmbedding(tr.wte, rank, alpha)
+    model.lm_head = LoRATiedHead(model.lm_head, tr.wte)
     return model
 
 

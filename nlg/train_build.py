@@ -15,7 +15,7 @@ from nlg import kernels
 from nlg.batching import Example, collate, read_encoded, total_steps, valid_batches
 from nlg.config import TrainConfig
 from nlg.loss import MaskedLMLoss
-from nlg.methods import get_method
+from nlg.methods import method_for
 from nlg.models import load_model
 from nlg.optim import build_optimizer, set_lr
 from nlg.train_run import TrainError
@@ -62,7 +62,7 @@ def build(cfg: TrainConfig, dist) -> Setup:
     train_examples, valid_examples, steps = read_data(cfg, dist.world)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    method = get_method(cfg.method)
+    method = method_for(cfg)
     model = load_model(cfg.model)  # a random test model is built with load_model's own seed, as decoding does
     if cfg.seq_len > model.config.n_positions:
         raise TrainError(f"--seq-len {cfg.seq_len} exceeds the model's {model.config.n_positions} positions "

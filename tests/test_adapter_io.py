@@ -111,7 +111,7 @@ def test_saver_is_generic_over_methods(tmp_path, monkeypatch):
 
     fake = types.SimpleNamespace(apply=apply, trainable_state=trainable_state, load_state=load_state,
                                  for_inference=lambda m: m.eval())
-    monkeypatch.setattr(adapter_io, "get_method", lambda name: fake)
+    monkeypatch.setattr(adapter_io, "method_for", lambda cfg: fake)
     cfg = TrainConfig(model="tiny", method="ft")
     model = apply(build_random("tiny", seed=0), cfg)
     with torch.no_grad():

@@ -5,6 +5,6 @@ Each method variant is one ``Method`` object (``nlg.methods.registry``): ``get_m
 """
 from __future__ import annotations
 
-from nlg.methods.registry import BUILTIN_NAMES, HYPER_PARAMS, Method, get_method, names, register, unregister
+from nlg.methods.registry import BUILTIN_NAMES, HYPER_PARAMS, Method, get_method, method_for, names, register, unregister
 
-__all__ = ["BUILTIN_NAMES", "HYPER_PARAMS", "Method", "get_method", "names", "register", "unregister"]
+__all__ = ["BUILTIN_NAMES", "HYPER_PARAMS", "Method", "get_method", "method_for", "names", "register", "unregister"]

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from nlg.config import TrainConfig
-from nlg.methods import get_method
+from nlg.methods import get_method, method_for
 from nlg.models import build_random
 
 # (card, method, paper figure) -> the flags whose formula count is nearest to it.
@@ -40,7 +40,7 @@ PAPER_FIGURES: dict[tuple[str, str], tuple[float, ...]] = {
 def exact_counts(cfg: TrainConfig, model) -> tuple[int, int]:
     """(tensors the optimizer updates, tensors the final adapter file holds) for a model prepared by ``apply``."""
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    saved = sum(t.numel() for t in get_method(cfg.method).export_state(model).values())
+    saved = sum(t.numel() for t in method_for(cfg).export_state(model).values())
     return trained, saved
 
 
@@ -53,9 +53,11 @@ def nearest_paper_figure(card: str, method: str, count: int) -> float | None:
 def count_line(cfg: TrainConfig, model) -> str:
     """"method: trains N, saves M, paper formula F (paper Table 3: X.XXM)" for a prepared model."""
     trained, saved = exact_counts(cfg, model)
-    formula = get_method(cfg.method).paper_param_count(cfg, model.config)
-    paper = nearest_paper_figure(cfg.model, cfg.method, formula if formula is not None else trained)
-    text = f"{cfg.method}: trains {trained:,} parameters, saves {saved:,}"
+    formula = method_for(cfg).paper_param_count(cfg, model.config)
+    # the paper adapts no embedding: with --wte-rank no paper row is the same setting
+    paper = None if cfg.wte_rank else nearest_paper_figure(cfg.model, cfg.method, formula if formula is not None else trained)
+    wte = f" + LoRA r={cfg.wte_rank} on wte" if cfg.wte_rank else ""
+    text = f"{cfg.method}{wte}: trains {trained:,} parameters, saves {saved:,}"
     if formula is not None:
         text += f"; paper formula {formula:,}"
     if paper is not None:

@@ -23,6 +23,9 @@ BUILTIN: dict[str, str] = {
     "prefix-embed": "nlg.methods.prefix:PREFIX_EMBED",
 }
 BUILTIN_NAMES: tuple[str, ...] = tuple(BUILTIN)
+# methods that --wte-rank (LoRA on the tied token embedding, nlg.methods.embedding) does not combine with, and why
+WTE_REFUSED: dict[str, str] = {"lora": "add wte to --lora-targets instead",
+                               "ft": "FT trains the token embedding already"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,17 @@ def get_method(name: str) -> Method:
             raise ValueError(f"unknown method {name!r}; expected one of {', '.join(names())}")
         _registered[name] = _load_builtin(name)
     return _registered[name]
+
+
+def method_for(cfg) -> Method:
+    """The Method a TrainConfig runs: ``cfg.method``'s, with LoRA on the token embedding when ``cfg.wte_rank``
+    (nlg.methods.embedding)."""
+    method = get_method(cfg.method)
+    if getattr(cfg, "wte_rank", 0):
+        from nlg.methods.embedding import with_embedding_lora  # torch-heavy: only when asked for
+
+        return with_embedding_lora(method)
+    return method
 
 
 def register(method: Method) -> Method:
