@@ -2,6 +2,7 @@
 # The paper's Table 3 at CPU scale (issue 13): pretrain a small GPT-2 here (cached), adapt it on E2E with every
 # method plus two controls, beam-search the full test split, score all five metrics, write one combined report.
 #   bash scripts/cpu_table3.sh [nlg.cpu_table3 flags, e.g. --rows lora ft --seeds 110]
+# Default rows: the paper's methods at its recipe and both controls; --rows all adds every tuned row.
 # Outputs: run folders under OUT (runs/cpu-table3), the report under REPORT_DIR (results/cpu_table3).
 # Re-running skips finished stages and resumes interrupted training.
 set -euo pipefail

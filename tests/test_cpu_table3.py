@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from nlg.config import PretrainConfig
-from nlg.cpu_table3 import ROWS, Budget, Options, jobs, run_table, split_dev_by_mr
+from nlg.cpu_table3 import (DEFAULT_ROWS, ROW_IDS, ROWS, TUNED_FROZEN, WTE_FLAGS, Budget, Options, jobs,
+                             parse_args, run_table, split_dev_by_mr)
 
 
 def test_dev_split_by_mr_keeps_every_mr_on_one_side(tmp_path):
@@ -34,6 +35,23 @@ def test_rows_cover_every_method_and_both_controls():
     assert sorted((r.id, s) for r, s in jobs(opts)) == sorted(
         [("lora", 1), ("lora", 2), ("lora", 3), ("ft", 1), ("ft", 2), ("ft", 3), ("adapter-l", 1)])
 
+
+
+def test_default_rows_are_the_papers_protocol_and_all_adds_the_tuned_ones():
+    by_id = {r.id: r for r in ROWS}
+    assert parse_args([])[0].rows == DEFAULT_ROWS
+    assert {by_id[r].kind for r in DEFAULT_ROWS} == {"method", "control"}
+    assert len(DEFAULT_ROWS) == sum(r.kind != "tuned" for r in ROWS) == 9
+    assert parse_args(["--rows", "all"])[0].rows == ROW_IDS
+    assert parse_args(["--rows", "lora", "ft"])[0].rows == ("lora", "ft")
+
+
+def test_wte_rows_are_their_tuned_rows_plus_the_embedding_update():
+    by_id = {r.id: r for r in ROWS}
+    for base in TUNED_FROZEN:
+        assert by_id[base.id] is base
+        wte = by_id[f"{base.id}-wte"]
+        assert (wte.method, wte.kind, wte.flags) == (base.method, "tuned", (*base.flags, *WTE_FLAGS))
 
 def test_table_end_to_end_tiny(tmp_path):
     opts = Options(out=tmp_path / "table", rows=("no-adapt", "lora"), seeds=(110, 111), workers=2,
