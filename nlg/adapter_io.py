@@ -35,7 +35,7 @@ from nlg.config import TrainConfig, field_value
 from nlg.io_utils import InputFileError, atomic_group, atomic_open, cli_error, json_text, read_json_object, saving
 from nlg.lora import lora_settings, normalize_targets
 from nlg.methods import HYPER_PARAMS, get_method, method_for
-from nlg.methods.registry import WTE_REFUSED
+from nlg.methods.registry import wte_rank_problem
 from nlg.methods.prefix import KV_KEY
 from nlg.models import CARDS, is_random_model, load_model
 from nlg.peft_import import is_peft_folder, read_peft_lora
@@ -259,10 +259,9 @@ def _hyper_problem(cfg: TrainConfig) -> tuple[str, str] | None:
             normalize_targets(cfg.lora_targets)
         except ValueError as exc:
             return "lora_targets", str(exc)
-    if cfg.wte_rank < 0:
-        return "wte_rank", f"wte_rank must be >= 0, got {cfg.wte_rank}"
-    if cfg.wte_rank and cfg.method in WTE_REFUSED:
-        return "wte_rank", f"wte_rank does not combine with method {cfg.method!r}: {WTE_REFUSED[cfg.method]}"
+    wte_problem = wte_rank_problem(cfg)
+    if wte_problem:
+        return "wte_rank", f"wte_rank {wte_problem}"
     if cfg.method in ("adapter-h", "adapter-l") and cfg.adapter_dim < 1:
         return "adapter_dim", f"{cfg.method} needs adapter_dim >= 1, got {cfg.adapter_dim}"
     if cfg.method in ("prefix-layer", "prefix-embed"):

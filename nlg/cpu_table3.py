@@ -131,7 +131,7 @@ ROWS: tuple[Row, ...] = (
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 # what the script runs unless --rows says otherwise: the paper's Table 3 protocol (every method at the paper's
-# recipe, both controls), the table the 90-minute budget is for; "--rows all" adds every tuned row
+# recipe, both controls), the table sized for the 90-minute budget; "--rows all" adds every tuned row
 DEFAULT_ROWS = tuple(r.id for r in ROWS if r.kind != "tuned")
 
 

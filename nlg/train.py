@@ -39,7 +39,7 @@ from nlg.config import (DATASETS, KERNELS, METHODS, PRETRAIN_DATASET, TrainConfi
                         load_recipe_file, paper_train_config)
 from nlg.io_utils import cli_error
 from nlg.methods.counts import count_line, exact_counts
-from nlg.methods.registry import WTE_REFUSED
+from nlg.methods.registry import wte_rank_problem
 from nlg.optim import SCHEDULES
 from nlg.tensorboard_log import REPORT_TO, TensorBoardUnavailable
 from nlg.tensorboard_log import check_available as check_tensorboard
@@ -87,10 +87,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError(f"--clip must be >= 0, got {cfg.clip}")
     if cfg.eval_interval < 0:
         raise TrainError(f"--eval-interval must be >= 0 (0: validate at epoch ends only), got {cfg.eval_interval}")
-    if cfg.wte_rank < 0:
-        raise TrainError(f"--wte-rank must be >= 0 (0: no LoRA on the token embedding), got {cfg.wte_rank}")
-    if cfg.wte_rank and cfg.method in WTE_REFUSED:
-        raise TrainError(f"--wte-rank does not combine with --method {cfg.method}: {WTE_REFUSED[cfg.method]}")
+    wte_problem = wte_rank_problem(cfg)
+    if wte_problem:
+        raise TrainError(f"--wte-rank {wte_problem}")
     if cfg.select_by not in SELECT_BY:
         raise TrainError(f"unknown --select-by {cfg.select_by!r}; expected one of {', '.join(SELECT_BY)}")
 

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from nlg.lora import LoRAEmbedding, inject_embedding_lora, lora_state_dict, merge_lora
-from nlg.methods._common import MethodError
-from nlg.methods.registry import WTE_REFUSED, Method
+from nlg.methods._common import MethodError, check_state, copy_into
+from nlg.methods.registry import Method, wte_rank_problem
+
 
 @dataclass(frozen=True)
 class WithEmbeddingLoRA(Method):
@@ -25,13 +26,12 @@ class WithEmbeddingLoRA(Method):
     base: Method | None = None
 
     def apply(self, model: nn.Module, cfg) -> nn.Module:
-        """The base method first (it freezes the model), then the embedding's A and B, trainable."""
-        if self.base.name in WTE_REFUSED:
-            raise MethodError(f"--wte-rank does not combine with method {self.base.name!r}: {WTE_REFUSED[self.base.name]}")
-        rank = cfg.wte_rank
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
-            raise MethodError(f"--wte-rank must be a positive integer, got {rank!r}")
-        return inject_embedding_lora(self.base.apply(model, cfg), rank, cfg.lora_alpha)
+        """The base method first (it freezes the model), then the embedding's A and B, trainable (LoRAEmbedding
+        checks the rank)."""
+        problem = wte_rank_problem(cfg)
+        if problem:
+            raise MethodError(f"--wte-rank {problem}")
+        return inject_embedding_lora(self.base.apply(model, cfg), cfg.wte_rank, cfg.lora_alpha)
 
     def _embedding_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         state = lora_state_dict(model)
@@ -49,16 +49,8 @@ class WithEmbeddingLoRA(Method):
         """The embedding's A and B, then the rest through the base method (which also gets A and B where its own
         state lists every trainable tensor, as ft-top2's does)."""
         own = self._embedding_state(model)
-        missing = sorted(set(own) - set(state))
-        if missing:
-            raise MethodError(f"state has no {', '.join(missing)} (saved without --wte-rank?)")
-        for key, target in own.items():
-            if tuple(state[key].shape) != tuple(target.shape):
-                raise MethodError(f"tensor {key}: saved shape {tuple(state[key].shape)} does not fit the model's "
-                                  f"{tuple(target.shape)} (different --wte-rank?)")
-        with torch.no_grad():
-            for key, target in own.items():
-                target.copy_(state[key].to(device=target.device, dtype=target.dtype))
+        check_state(own, {k: v for k, v in state.items() if k in own}, "token-embedding LoRA")
+        copy_into(own, state)
         base_keys = set(self.base.trainable_state(model))
         self.base.load_state(model, {k: v for k, v in state.items() if k not in own or k in base_keys})
 

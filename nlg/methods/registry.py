@@ -102,6 +102,15 @@ def get_method(name: str) -> Method:
     return _registered[name]
 
 
+def wte_rank_problem(cfg) -> str | None:
+    """Why ``cfg.wte_rank`` cannot be used with ``cfg.method``, or None (the trainer's and the adapter reader's check)."""
+    if cfg.wte_rank < 0:
+        return f"must be >= 0 (0: no LoRA on the token embedding), got {cfg.wte_rank}"
+    if cfg.wte_rank and cfg.method in WTE_REFUSED:
+        return f"does not combine with method {cfg.method!r}: {WTE_REFUSED[cfg.method]}"
+    return None
+
+
 def method_for(cfg) -> Method:
     """The Method a TrainConfig runs: ``cfg.method``'s, with LoRA on the token embedding when ``cfg.wte_rank``
     (nlg.methods.embedding)."""
