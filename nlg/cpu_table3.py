@@ -89,6 +89,10 @@ ROWS: tuple[Row, ...] = (
     Row("ft-lr", "FT, lr 1e-3", "tuned", "ft", "every weight; lr 1e-3 (5x the paper's)", ("--lr", "1e-3")),
     Row("ft-lr-2ep", "FT, lr 1e-3, 2 epochs", "tuned", "ft", "every weight; lr 1e-3; 2 epochs (the budget's 1 x 2)",
         ("--lr", "1e-3", "--epochs", "2"), seeds=3),
+    # both 2-epoch rows kept their last checkpoint (dev loss still falling): one more epoch for each, so a longer
+    # LoRA run is weighed against FT given the same
+    Row("ft-lr-3ep", "FT, lr 1e-3, 3 epochs", "tuned", "ft", "every weight; lr 1e-3; 3 epochs",
+        ("--lr", "1e-3", "--epochs", "3")),
     Row("ft-top2", "FT^Top2", "method", "ft-top2", "last two blocks", paper_method="ft-top2"),
     _TUNED["ft-top2-lr"],
     Row("adapter-l", "Adapter^L", "method", "adapter-l", "bottleneck 6 (paper: 6)", ("--adapter-dim", "6"),
@@ -123,6 +127,10 @@ ROWS: tuple[Row, ...] = (
         "r = 16 on q, k, v, o, c_fc, c_proj and wte; lr 2e-3; 2 epochs (as FT's 2-epoch row)",
         ("--rank", "16", "--lora-alpha", "128", "--lora-targets", "q,k,v,o,c_fc,c_proj,wte", "--lr", "2e-3",
          "--epochs", "2"), seeds=3),  # the best FT and LoRA settings: seeds as FT's and LoRA's rows
+    Row("lora-r16-all-wte-3ep", "LoRA r=16 all + wte, lr 2e-3, 3 epochs", "tuned", "lora",
+        "r = 16 on q, k, v, o, c_fc, c_proj and wte; lr 2e-3; 3 epochs",
+        ("--rank", "16", "--lora-alpha", "128", "--lora-targets", "q,k,v,o,c_fc,c_proj,wte", "--lr", "2e-3",
+         "--epochs", "3"), seeds=3),
     # the same embedding update beside the other frozen-base methods (--wte-rank, nlg.methods.embedding): rank and
     # alpha of the best LoRA row's wte, each method at its tuned learning rate, so only the method inside differs
     *(Row(f"{base.id}-wte", f"{base.label} + wte", "tuned", base.method,

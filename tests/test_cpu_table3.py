@@ -53,6 +53,16 @@ def test_wte_rows_are_their_tuned_rows_plus_the_embedding_update():
         wte = by_id[f"{base.id}-wte"]
         assert (wte.method, wte.kind, wte.flags) == (base.method, "tuned", (*base.flags, *WTE_FLAGS))
 
+
+def test_three_epoch_rows_differ_from_the_two_epoch_rows_only_in_epochs():
+    by_id = {r.id: r for r in ROWS}
+    for two in ("ft-lr-2ep", "lora-r16-all-wte-2ep"):
+        three = by_id[two.replace("2ep", "3ep")]
+        flags = list(by_id[two].flags)
+        flags[flags.index("--epochs") + 1] = "3"
+        assert (three.method, three.kind, three.flags) == (by_id[two].method, "tuned", tuple(flags))
+    assert by_id["lora-r16-all-wte-3ep"].seeds == 3  # the gap to FT is judged over seeds
+
 def test_table_end_to_end_tiny(tmp_path):
     opts = Options(out=tmp_path / "table", rows=("no-adapt", "lora"), seeds=(110, 111), workers=2,
                    budget=Budget(epochs=1, warmup_steps=2, max_steps=6, train_limit=48, test_limit=6,
