@@ -92,7 +92,7 @@ ROWS: tuple[Row, ...] = (
     # both 2-epoch rows kept their last checkpoint (dev loss still falling): one more epoch for each, so a longer
     # LoRA run is weighed against FT given the same
     Row("ft-lr-3ep", "FT, lr 1e-3, 3 epochs", "tuned", "ft", "every weight; lr 1e-3; 3 epochs",
-        ("--lr", "1e-3", "--epochs", "3")),
+        ("--lr", "1e-3", "--epochs", "3"), seeds=3),
     Row("ft-top2", "FT^Top2", "method", "ft-top2", "last two blocks", paper_method="ft-top2"),
     _TUNED["ft-top2-lr"],
     Row("adapter-l", "Adapter^L", "method", "adapter-l", "bottleneck 6 (paper: 6)", ("--adapter-dim", "6"),

@@ -61,7 +61,7 @@ def test_three_epoch_rows_differ_from_the_two_epoch_rows_only_in_epochs():
         flags = list(by_id[two].flags)
         flags[flags.index("--epochs") + 1] = "3"
         assert (three.method, three.kind, three.flags) == (by_id[two].method, "tuned", tuple(flags))
-    assert by_id["lora-r16-all-wte-3ep"].seeds == 3  # the gap to FT is judged over seeds
+    assert by_id["lora-r16-all-wte-3ep"].seeds == by_id["ft-lr-3ep"].seeds == 3  # the gap is judged over seeds
 
 def test_table_end_to_end_tiny(tmp_path):
     opts = Options(out=tmp_path / "table", rows=("no-adapt", "lora"), seeds=(110, 111), workers=2,
