@@ -81,6 +81,15 @@ TUNED_FROZEN = (  # the frozen-base methods' tuned rows, also run with LoRA on t
 )
 _TUNED = {r.id: r for r in TUNED_FROZEN}
 
+
+def _with_wte(base: Row, epochs: int = 1) -> Row:
+    """A tuned frozen-base row plus LoRA on the token embedding (and, if asked, more epochs)."""
+    settings = f"{base.settings.split(';')[0]}; LoRA r = 16 on wte, alpha 128; lr {base.flags[-1]}"
+    if epochs == 1:
+        return Row(f"{base.id}-wte", f"{base.label} + wte", "tuned", base.method, settings, (*base.flags, *WTE_FLAGS))
+    return Row(f"{base.id}-wte-{epochs}ep", f"{base.label} + wte, {epochs} epochs", "tuned", base.method,
+               f"{settings}; {epochs} epochs", (*base.flags, *WTE_FLAGS, "--epochs", str(epochs)))
+
 ROWS: tuple[Row, ...] = (
     Row("no-adapt", "pretrained, no adaptation", "control", None, "the pretrained model decoded as it is"),
     Row("ft-random", "FT from random init", "control", "ft", "every weight, random initialisation, same budget",
@@ -133,9 +142,13 @@ ROWS: tuple[Row, ...] = (
          "--epochs", "3"), seeds=3),
     # the same embedding update beside the other frozen-base methods (--wte-rank, nlg.methods.embedding): rank and
     # alpha of the best LoRA row's wte, each method at its tuned learning rate, so only the method inside differs
-    *(Row(f"{base.id}-wte", f"{base.label} + wte", "tuned", base.method,
-          f"{base.settings.split(';')[0]}; LoRA r = 16 on wte, alpha 128; lr {base.flags[-1]}",
-          (*base.flags, *WTE_FLAGS)) for base in TUNED_FROZEN),
+    *(_with_wte(base) for base in TUNED_FROZEN),
+    # three epochs for those rows and for the from-scratch control at FT's tuned lr, so every frozen-base method
+    # with wte is weighed against FT from random initialisation given the same longer budget
+    Row("ft-random-lr-3ep", "FT from random init, lr 1e-3, 3 epochs", "tuned", "ft",
+        "every weight, random initialisation; lr 1e-3; 3 epochs (the control of the 3-epoch rows)",
+        ("--lr", "1e-3", "--epochs", "3"), base="random"),
+    *(_with_wte(base, epochs=3) for base in TUNED_FROZEN),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 # what the script runs unless --rows says otherwise: the paper's Table 3 protocol (every method at the paper's

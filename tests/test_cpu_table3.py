@@ -52,6 +52,11 @@ def test_wte_rows_are_their_tuned_rows_plus_the_embedding_update():
         assert by_id[base.id] is base
         wte = by_id[f"{base.id}-wte"]
         assert (wte.method, wte.kind, wte.flags) == (base.method, "tuned", (*base.flags, *WTE_FLAGS))
+        three = by_id[f"{base.id}-wte-3ep"]
+        assert (three.method, three.base, three.flags) == (base.method, "pretrained", (*wte.flags, "--epochs", "3"))
+    control = by_id["ft-random-lr-3ep"]  # the 3-epoch rows' control: FT from scratch given the same budget
+    assert (control.method, control.base, control.kind) == ("ft", "random", "tuned")
+    assert control.flags == by_id["ft-lr-3ep"].flags
 
 
 def test_three_epoch_rows_differ_from_the_two_epoch_rows_only_in_epochs():
