@@ -13,6 +13,13 @@ tokenized convention of corpora such as the E2E files, with spaces around punctu
 never a word: otherwise " ." and " ," (13 % of the E2E training text's tokens) would be tokens the pretrained
 model has almost never seen.
 
+WordNet 3.0 (``--corpus shared+wordnet``) adds general-domain English the two datasets lack: one document per
+synset, its words and its gloss (definition and usage examples), read from the database files Debian's
+``wordnet-base`` package installs (``/usr/share/wordnet``, or ``$WORDNET_DIR``). WebNLG and DART describe people,
+places and companies; words such as " coffee", " shop", " price" and " rating" never occur in them, so a model
+pretrained on them alone has untrained embedding rows for a fifth of E2E's target tokens. WordNet holds no E2E
+text; it is a dictionary.
+
 Offline with no raw data, :func:`generated_documents` writes an English corpus from templates invented here
 (facts about invented people, places and things, no restaurants), labelled ``"generated"`` wherever it is used.
 """
@@ -33,6 +40,8 @@ from data.webnlg.prepare import read as webnlg_read
 HELD_OUT_EVERY = 50  # document i (from 0) is held out when i % 50 == 49
 EXCLUDED_SOURCES = ("e2e",)  # DART annotation sources never put into the corpus (compared lower-cased)
 SUBDIRS = {"webnlg": "webnlg_challenge_2017", "dart": "dart"}
+WORDNET_DIR = Path("/usr/share/wordnet")  # where Debian's wordnet-base puts WordNet 3.0; $WORDNET_DIR overrides
+WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 TOKENIZED_EVERY = 2  # document i is written in the tokenized convention when i % 2 == 1
 
 _SPLIT_PERIOD_COMMA = re.compile(r"(?<!\d)([.,])|([.,])(?!\d)")  # not inside numbers: 5.0, 1,000
@@ -109,13 +118,50 @@ def _dart_entries(path: Path) -> list:
     return entries_from_xml(path) if path.suffix.lower() == ".xml" else load_json(path)
 
 
-def shared_corpus(data_dir: str | Path) -> Corpus:
-    """The corpus from a folder laid out like ``../shared/data`` (``webnlg_challenge_2017/``, ``dart/``).
+def wordnet_line_text(line: str, where: str) -> str | None:
+    """One line of a WordNet ``data.<pos>`` file as a document (``"cafe, coffee shop: a small restaurant ..."``);
+    None for the licence lines at the top of the file. ``where`` (file:line) names a malformed line."""
+    if line.startswith("  "):
+        return None
+    head, bar, gloss = line.partition(" | ")
+    fields = head.split()
+    try:
+        count = int(fields[3], 16)
+        words = [fields[4 + 2 * i].replace("_", " ") for i in range(count)]
+    except (IndexError, ValueError):
+        raise ValueError(f"{where}: not a WordNet synset line (offset lex_filenum ss_type w_cnt word ... | gloss)")
+    if not bar or not words:
+        raise ValueError(f"{where}: a WordNet synset line without words or gloss")
+    words = [re.sub(r"\((a|p|ip)\)$", "", w) for w in words]  # adjective position markers: "galore(ip)"
+    return f"{', '.join(dict.fromkeys(words))}: {gloss.strip()}"
+
+
+def wordnet_texts(wordnet_dir: str | Path) -> tuple[list[str], list[str]]:
+    """(documents, files read): every synset of WordNet's four ``data.<pos>`` files, in file order."""
+    wordnet_dir = Path(wordnet_dir)
+    missing = [n for n in WORDNET_FILES if not (wordnet_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{wordnet_dir}: no WordNet 3.0 database ({', '.join(missing)} missing); install "
+                                "Debian's wordnet-base (apt-get install wordnet-base) or set WORDNET_DIR")
+    texts = []
+    for name in WORDNET_FILES:
+        path = wordnet_dir / name
+        with open(path, encoding="latin-1") as f:  # WordNet 3.0's files are Latin-1 (a few accented glosses)
+            for number, line in enumerate(f, 1):
+                text = wordnet_line_text(line, f"{path}:{number}")
+                if text is not None:
+                    texts.append(text)
+    return texts, list(WORDNET_FILES)
+
+
+def shared_corpus(data_dir: str | Path, wordnet_dir: str | Path | None = None) -> Corpus:
+    """The corpus from a folder laid out like ``../shared/data`` (``webnlg_challenge_2017/``, ``dart/``), with
+    WordNet's synsets after them when ``wordnet_dir`` is given (kind ``"shared+wordnet"``).
 
     Splits that are absent are skipped (and not listed); at least one must be present.
     """
     data_dir = Path(data_dir)
-    corpus, seen = Corpus(kind="shared"), set()
+    corpus, seen = Corpus(kind="shared" if wordnet_dir is None else "shared+wordnet"), set()
     for split in ("train", "valid", "test"):
         try:
             source = webnlg_locate(data_dir / SUBDIRS["webnlg"], split)
@@ -130,10 +176,14 @@ def shared_corpus(data_dir: str | Path) -> Corpus:
             continue
         corpus.add("dart", dart_texts(_dart_entries(source), corpus.excluded), seen)
         corpus.sources["dart"].setdefault("files", []).append(str(source.relative_to(data_dir)))
-    corpus.write_both_conventions()
     if not corpus.documents:
         raise FileNotFoundError(f"{data_dir}: no WebNLG 2017 or DART split found to pretrain on "
                                 f"(looked in {SUBDIRS['webnlg']}/ and {SUBDIRS['dart']}/)")
+    if wordnet_dir is not None:
+        texts, files = wordnet_texts(wordnet_dir)
+        corpus.add("wordnet", texts, seen)
+        corpus.sources["wordnet"]["files"] = [str(Path(wordnet_dir) / n) for n in files]
+    corpus.write_both_conventions()
     return corpus
 
 

@@ -200,7 +200,9 @@ class PretrainConfig:
     """
 
     card: str = "mini"
-    corpus: str = "shared"  # "shared" (WebNLG + DART from --data-dir) or "generated" (the offline template corpus)
+    # "shared" (WebNLG + DART from --data-dir), "shared+wordnet" (those + WordNet 3.0's glosses, data.corpus) or
+    # "generated" (the offline template corpus)
+    corpus: str = "shared"
     block_size: int = 128
     batch_size: int = 16
     max_steps: int = 800

@@ -41,7 +41,7 @@ from eval.table_report import build_table_report
 from nlg.config import PretrainConfig
 from nlg.io_utils import atomic_open, iter_jsonl, write_json
 from nlg.pipeline import SHARED_DATA, run_stage
-from nlg.pretrain import pretrain
+from nlg.pretrain import CORPUS_KINDS, pretrain
 from nlg.run_folder import (DATA, DATA_SOURCE, MANIFEST, RAW_SYNTHETIC, REPORT_DIR, RUNS, RunFolder, encoded_file,
                             formatted_file, pretrain_info)
 from nlg.train_run import provenance_record
@@ -431,7 +431,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str]:
     p.add_argument("--raw-dir", type=Path, help="E2E raw files (default ../shared/data/e2e)")
     p.add_argument("--corpus-dir", type=Path, help="WebNLG/DART folders to pretrain on (default ../shared/data)")
     p.add_argument("--card", default=PretrainConfig.card, help="model card to pretrain (default mini)")
-    p.add_argument("--corpus", default=PretrainConfig.corpus, choices=("shared", "generated"))
+    p.add_argument("--corpus", default=PretrainConfig.corpus, choices=CORPUS_KINDS)
     p.add_argument("--pretrain-steps", type=int, default=PretrainConfig.max_steps)
     p.add_argument("--epochs", type=int, default=Budget.epochs)
     p.add_argument("--warmup-steps", type=int, default=Budget.warmup_steps)

@@ -52,6 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from nlg.batching import PAD_RNG_SEED, EpochPlan, collate  # noqa: E402
 from nlg.config import PretrainConfig  # noqa: E402
+from nlg.pretrain import CORPUS_KINDS  # noqa: E402
 from nlg.train_build import autocast  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -399,7 +400,7 @@ def main(argv=None) -> int:
     p.add_argument("--card", default=PretrainConfig.card)
     p.add_argument("--batch-size", type=int, default=None, help=f"default PretrainConfig's ({PretrainConfig.batch_size})")
     p.add_argument("--block-size", type=int, default=None, help=f"default PretrainConfig's ({PretrainConfig.block_size})")
-    p.add_argument("--corpus", default="shared", choices=("shared", "generated"))
+    p.add_argument("--corpus", default="shared", choices=CORPUS_KINDS)
     p.add_argument("--data-dir", type=Path, default=None, help="WebNLG / DART folders (default ../shared/data)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
     p.add_argument("--profile", action="store_true", help="also profile one step per variant and time components")

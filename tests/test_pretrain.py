@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.corpus import EXCLUDED_SOURCES, HELD_OUT_EVERY, generated_documents, shared_corpus, tokenized_style
+from data.corpus import (EXCLUDED_SOURCES, HELD_OUT_EVERY, WORDNET_DIR, WORDNET_FILES, generated_documents, shared_corpus,
+                         tokenized_style, wordnet_line_text, wordnet_texts)
 from nlg.config import PretrainConfig
 from nlg.models import ModelLoadError, load_model
-from nlg.pretrain import pack_blocks, pretrain
+from nlg.pretrain import PretrainError, load_corpus, pack_blocks, pretrain
 from nlg.run_folder import describe_pretrained, pretrain_info
 from nlg.tokenizer import EOS_ID
 
@@ -40,6 +41,58 @@ def test_e2e_sourced_dart_annotations_are_dropped(tmp_path):
     assert corpus.excluded == {"dart source e2e": 2}
     assert corpus.conventions == {"as written": 1, "tokenized (spaces around punctuation)": 1}
     assert "e2e" in EXCLUDED_SOURCES
+
+
+# lines in the layout of WordNet 3.0's data.<pos> files, written here (invented synsets, not WordNet's)
+_WN_LICENCE = "  1 This software and database is being provided to you, the LICENSEE, by\n"
+_WN_NOUN = ("00000101 06 n 02 tea_room 0 teahouse 0 001 @ 00000202 n 0000 | a room where tea is served; "
+            '"we met in the tea room"  \n')
+_WN_ADJ = "00000303 00 s 02 plentiful(ip) 0 ample 0 000 | more than enough  \n"
+
+
+def _write_wordnet(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for name in WORDNET_FILES:
+        body = {"data.noun": _WN_NOUN, "data.adj": _WN_ADJ + _WN_NOUN}.get(name, "")  # a duplicate in data.adj
+        (folder / name).write_text(_WN_LICENCE + body, encoding="latin-1")
+
+
+def test_wordnet_synsets_become_documents(tmp_path):
+    assert wordnet_line_text(_WN_LICENCE, "x:1") is None
+    assert wordnet_line_text(_WN_NOUN, "x:2") == 'tea room, teahouse: a room where tea is served; "we met in the tea room"'
+    assert wordnet_line_text(_WN_ADJ, "x:3") == "plentiful, ample: more than enough"  # position marker (ip) dropped
+    with pytest.raises(ValueError, match=r"^data\.noun:7: not a WordNet synset line"):
+        wordnet_line_text("00000101 06 n zz cafe 0 | a gloss\n", "data.noun:7")
+    _write_wordnet(tmp_path / "wn")
+    texts, files = wordnet_texts(tmp_path / "wn")
+    assert files == list(WORDNET_FILES) and len(texts) == 3
+    _write_dart(tmp_path / "data")
+    corpus = shared_corpus(tmp_path / "data", wordnet_dir=tmp_path / "wn")
+    # after the DART documents, the WordNet synsets once each (the repeat counted as a duplicate); every second
+    # document of the whole corpus in the tokenized convention
+    assert corpus.kind == "shared+wordnet"
+    assert corpus.documents == ["Kept sentence one.", "Kept sentence two .", "tea room, teahouse: a room where tea is "
+                                'served; "we met in the tea room"', "plentiful , ample : more than enough"]
+    assert corpus.sources["wordnet"]["documents"] == 2 and corpus.excluded["duplicate"] == 1
+    assert shared_corpus(tmp_path / "data").kind == "shared"  # WordNet only when asked for
+
+
+def test_shared_wordnet_corpus_says_how_to_get_wordnet(tmp_path, monkeypatch):
+    _write_dart(tmp_path / "data")
+    monkeypatch.setenv("WORDNET_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="apt-get install wordnet-base"):
+        load_corpus(PretrainConfig(corpus="shared+wordnet"), tmp_path / "data")
+    with pytest.raises(PretrainError, match="unknown --corpus"):
+        load_corpus(PretrainConfig(corpus="wordnet"), tmp_path / "data")
+
+
+@pytest.mark.skipif(not (WORDNET_DIR / "data.noun").is_file(),
+                    reason="WordNet 3.0 is not installed (Debian's wordnet-base; scripts/setup.sh installs it)")
+def test_real_wordnet_holds_the_words_e2e_needs():
+    texts, _ = wordnet_texts(WORDNET_DIR)
+    assert len(texts) == 117659  # WordNet 3.0's synsets: 82,115 nouns, 13,767 verbs, 18,156 adjectives, 3,621 adverbs
+    words = set(" ".join(texts).lower().split())
+    assert {"coffee", "shop", "price", "rating", "riverside", "restaurant", "pub"} <= words
 
 
 def test_tokenized_convention_changes_spacing_only():
