@@ -187,6 +187,30 @@ def shared_corpus(data_dir: str | Path, wordnet_dir: str | Path | None = None) -
     return corpus
 
 
+def target_coverage(documents: list[str], targets: list[str], rare_below: int = 20) -> dict:
+    """How much of ``targets``' text (token by token) the corpus has seen: the share of target tokens whose id never
+    occurs in ``documents``, and of those occurring fewer than ``rare_below`` times (each text encoded with a
+    leading space, as completions are)."""
+    from collections import Counter
+
+    from nlg.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+
+    def counts(texts):
+        c = Counter()
+        for ids in tok([" " + t for t in texts], add_special_tokens=False)["input_ids"]:
+            c.update(ids)
+        return c
+
+    seen, wanted = counts(documents), counts(targets)
+    total = sum(wanted.values())
+    return {"target_tokens": total, "corpus_tokens": sum(seen.values()),
+            "unseen_share": sum(n for t, n in wanted.items() if seen[t] == 0) / total,
+            f"below_{rare_below}_share": sum(n for t, n in wanted.items() if seen[t] < rare_below) / total,
+            "most_frequent_unseen": [tok.decode([t]) for t, _ in wanted.most_common() if seen[t] == 0][:12]}
+
+
 # ------------------------------------------------------------------ the offline template corpus
 _PEOPLE = ["Anna Berg", "Tomas Reyes", "Mira Okafor", "Jonas Lind", "Priya Natarajan", "Leo Castell", "Ines Duarte",
            "Kofi Mensah", "Sara Holm", "Daniel Weiss", "Yuki Tanaka", "Omar Haddad"]

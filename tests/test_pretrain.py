@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data.corpus import (EXCLUDED_SOURCES, HELD_OUT_EVERY, WORDNET_DIR, WORDNET_FILES, generated_documents, shared_corpus,
-                         tokenized_style, wordnet_line_text, wordnet_texts)
+                         target_coverage, tokenized_style, wordnet_line_text, wordnet_texts)
 from nlg.config import PretrainConfig
 from nlg.models import ModelLoadError, load_model
 from nlg.pretrain import PretrainError, load_corpus, pack_blocks, pretrain
@@ -93,6 +93,15 @@ def test_real_wordnet_holds_the_words_e2e_needs():
     assert len(texts) == 117659  # WordNet 3.0's synsets: 82,115 nouns, 13,767 verbs, 18,156 adjectives, 3,621 adverbs
     words = set(" ".join(texts).lower().split())
     assert {"coffee", "shop", "price", "rating", "riverside", "restaurant", "pub"} <= words
+
+
+def test_target_coverage_counts_the_target_tokens_the_corpus_lacks():
+    # " the", " a", " shop" are single GPT-2 tokens; the corpus holds " the" 3 times and " a" once, never " shop"
+    c = target_coverage(["the the the a"], ["the shop", "a shop"], rare_below=2)
+    assert c["target_tokens"] == 4 and c["corpus_tokens"] == 4
+    # unseen: both " shop"; fewer than 2 times: also " a"; fewer than 4 times: every target token
+    assert c["unseen_share"] == 0.5 and c["below_2_share"] == 0.75 and c["most_frequent_unseen"] == [" shop"]
+    assert target_coverage(["the the the a"], ["the shop", "a shop"], rare_below=4)["below_4_share"] == 1.0
 
 
 def test_tokenized_convention_changes_spacing_only():
