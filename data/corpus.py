@@ -20,6 +20,14 @@ places and companies; words such as " coffee", " shop", " price" and " rating" n
 pretrained on them alone has untrained embedding rows for a fifth of E2E's target tokens. WordNet holds no E2E
 text; it is a dictionary.
 
+With triples (``--corpus shared+triples``) every document is its text preceded by the data it verbalises: the
+triples as the dataset preparers write them (``Aarhus : leaderName : Jacob_Bundsgaard``), a newline, then the
+text. Still plain causal language modelling on WebNLG and DART and never E2E (a DART entry with any E2E-sourced
+annotation is dropped whole, triples included), but the model sees, across domains, text that repeats names and
+values from a structured context before it: the skill a frozen base must bring to E2E, where names and values of
+the meaning representation reappear in the sentence. Without the triples that skill has to come from E2E's own
+training data, which is what FT from random initialisation learns it from.
+
 Offline with no raw data, :func:`generated_documents` writes an English corpus from templates invented here
 (facts about invented people, places and things, no restaurants), labelled ``"generated"`` wherever it is used.
 """
@@ -65,10 +73,13 @@ class Corpus:
     excluded: dict[str, int] = field(default_factory=dict)  # reason -> count
     kind: str = "shared"  # "shared" (the real datasets) or "generated" (the offline template corpus)
     conventions: dict[str, int] = field(default_factory=dict)  # punctuation convention -> documents
+    data: list[str] = field(default_factory=list)  # per document, the triples it verbalises ("" for none)
 
-    def add(self, source: str, texts, seen: set[str]) -> None:
+    def add(self, source: str, texts, seen: set[str], data=None) -> None:
+        """Append ``texts`` (with ``data``, the triples of each, when given), dropping empties and duplicates."""
         kept = 0
-        for text in texts:
+        data = data if data is not None else [""] * len(texts)
+        for text, datum in zip(texts, data, strict=True):
             text = " ".join(text.split())
             if not text:
                 self.excluded["empty"] = self.excluded.get("empty", 0) + 1
@@ -77,6 +88,7 @@ class Corpus:
             else:
                 seen.add(text)
                 self.documents.append(text)
+                self.data.append(datum)
                 kept += 1
         self.sources.setdefault(source, {"documents": 0})["documents"] += kept
 
@@ -87,6 +99,11 @@ class Corpus:
                 self.documents[i] = tokenized_style(doc)
         self.conventions = {"as written": len(self.documents) - len(self.documents) // TOKENIZED_EVERY,
                             "tokenized (spaces around punctuation)": len(self.documents) // TOKENIZED_EVERY}
+
+    def prefix_data(self) -> None:
+        """Every document with triples becomes ``triples\ntext`` (after the punctuation conventions, which are the
+        text's; the triples stay as the preparers write them)."""
+        self.documents = [f"{d}\n{t}" if d else t for d, t in zip(self.data, self.documents, strict=True)]
 
     def split(self) -> tuple[list[str], list[str]]:
         """(train documents, held-out documents)."""
@@ -101,17 +118,26 @@ class Corpus:
         return digest.hexdigest()[:16]
 
 
-def dart_texts(entries: list, counts: dict[str, int]) -> list[str]:
-    """The annotation texts of DART entries, leaving out every annotation from an excluded source (E2E)."""
-    texts = []
+def dart_texts(entries: list, counts: dict[str, int], with_data: bool = False):
+    """The annotation texts of DART entries, leaving out every annotation from an excluded source (E2E).
+
+    With ``with_data``: (texts, triples of each as ``subject : property : object | ...``, the DART preparer's
+    context), and an entry with any excluded annotation is dropped whole: its triples are an E2E meaning
+    representation even where another annotation's source is not E2E."""
+    texts, data = [], []
     for entry in entries:
-        for ann in entry.get("annotations", []):
-            source = str(ann.get("source") or "").strip().lower()
-            if source in EXCLUDED_SOURCES:
-                counts[f"dart source {source}"] = counts.get(f"dart source {source}", 0) + 1
+        annotations = entry.get("annotations", [])
+        sources = [str(ann.get("source") or "").strip().lower() for ann in annotations]
+        whole_entry_out = with_data and any(s in EXCLUDED_SOURCES for s in sources)
+        for ann, source in zip(annotations, sources):
+            if source in EXCLUDED_SOURCES or whole_entry_out:
+                reason = f"dart source {source}" if source in EXCLUDED_SOURCES else "dart entry with e2e annotations"
+                counts[reason] = counts.get(reason, 0) + 1
                 continue
             texts.append(ann.get("text") or "")
-    return texts
+            if with_data:
+                data.append(" | ".join(f"{s} : {p.lower()} : {o}" for s, p, o in entry.get("tripleset", [])))
+    return (texts, data) if with_data else texts
 
 
 def _dart_entries(path: Path) -> list:
@@ -154,27 +180,37 @@ def wordnet_texts(wordnet_dir: str | Path) -> tuple[list[str], list[str]]:
     return texts, list(WORDNET_FILES)
 
 
-def shared_corpus(data_dir: str | Path, wordnet_dir: str | Path | None = None) -> Corpus:
+def shared_corpus(data_dir: str | Path, wordnet_dir: str | Path | None = None, triples: bool = False) -> Corpus:
     """The corpus from a folder laid out like ``../shared/data`` (``webnlg_challenge_2017/``, ``dart/``), with
-    WordNet's synsets after them when ``wordnet_dir`` is given (kind ``"shared+wordnet"``).
+    WordNet's synsets after them when ``wordnet_dir`` is given (kind ``"shared+wordnet"``), or each text preceded
+    by its triples when ``triples`` (kind ``"shared+triples"``; see the module's docstring).
 
     Splits that are absent are skipped (and not listed); at least one must be present.
     """
+    if triples and wordnet_dir is not None:
+        raise ValueError("the corpus takes WordNet or triples, not both")
     data_dir = Path(data_dir)
-    corpus, seen = Corpus(kind="shared" if wordnet_dir is None else "shared+wordnet"), set()
+    kind = "shared+triples" if triples else "shared" if wordnet_dir is None else "shared+wordnet"
+    corpus, seen = Corpus(kind=kind), set()
     for split in ("train", "valid", "test"):
         try:
             source = webnlg_locate(data_dir / SUBDIRS["webnlg"], split)
         except FileNotFoundError:
             continue
-        corpus.add("webnlg", [r["completion"] for r in webnlg_read(source, split)], seen)
+        records = webnlg_read(source, split)
+        corpus.add("webnlg", [r["completion"] for r in records], seen,
+                   data=[r["context"] for r in records] if triples else None)
         corpus.sources["webnlg"].setdefault("files", []).append(str(source.relative_to(data_dir)))
     for split in ("train", "valid", "test"):
         try:
             source = dart_locate(data_dir / SUBDIRS["dart"], split)
         except FileNotFoundError:
             continue
-        corpus.add("dart", dart_texts(_dart_entries(source), corpus.excluded), seen)
+        if triples:
+            texts, data = dart_texts(_dart_entries(source), corpus.excluded, with_data=True)
+            corpus.add("dart", texts, seen, data=data)
+        else:
+            corpus.add("dart", dart_texts(_dart_entries(source), corpus.excluded), seen)
         corpus.sources["dart"].setdefault("files", []).append(str(source.relative_to(data_dir)))
     if not corpus.documents:
         raise FileNotFoundError(f"{data_dir}: no WebNLG 2017 or DART split found to pretrain on "
@@ -184,6 +220,8 @@ def shared_corpus(data_dir: str | Path, wordnet_dir: str | Path | None = None) -
         corpus.add("wordnet", texts, seen)
         corpus.sources["wordnet"]["files"] = [str(Path(wordnet_dir) / n) for n in files]
     corpus.write_both_conventions()
+    if triples:
+        corpus.prefix_data()
     return corpus
 
 

@@ -229,6 +229,8 @@ def model_details(pretrain: dict | None) -> str | None:
         parts.append(text)
     if pretrain.get("heldout_perplexity") is not None:
         parts.append(f"held-out perplexity {pretrain['heldout_perplexity']:.2f}")
+    if pretrain.get("copy_gain_nats") is not None:  # eval.copy_probe: does the base copy from its context?
+        parts.append(f"copy gain {pretrain['copy_gain_nats']:.2f} nats on repeated random tokens (eval.copy_probe)")
     if pretrain.get("train_time_s") is not None:
         parts.append(f"pretraining took {pretrain['train_time_s']:,.0f} s")
     return ("Model: " + "; ".join(parts) + ".") if parts else None

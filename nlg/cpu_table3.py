@@ -37,9 +37,11 @@ from pathlib import Path
 from data.common import carry_synthetic_marker
 from data.e2e.prepare import prepare
 from data.synthetic import write_synthetic_e2e
+from eval.copy_probe import copy_score
 from eval.table_report import build_table_report
 from nlg.config import PretrainConfig
 from nlg.io_utils import atomic_open, iter_jsonl, write_json
+from nlg.models import load_model
 from nlg.pipeline import SHARED_DATA, run_stage
 from nlg.pretrain import CORPUS_KINDS, pretrain
 from nlg.run_folder import (DATA, DATA_SOURCE, MANIFEST, RAW_SYNTHETIC, REPORT_DIR, RUNS, RunFolder, encoded_file,
@@ -339,6 +341,7 @@ def run_table(opts: Options, command: str = "") -> Path:
         log("pretraining (or reusing the cached) small GPT-2")
         model_dir = pretrain(opts.pretrain, data_dir=opts.corpus_dir, quiet=True)
     info = pretrain_info(model_dir) or {}
+    info["copy_gain_nats"] = round(copy_score(load_model(str(model_dir))).gain_nats, 3)
     pretrain_s = time.time() - start
     cached = pretrain_s < 0.5 * float(info.get("wall_time_s") or 0)  # reused: count the time it took when made
     if cached:

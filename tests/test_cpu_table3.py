@@ -88,6 +88,8 @@ def test_table_end_to_end_tiny(tmp_path):
     assert seeds == {110, 111}
     text = (report / "report.md").read_text()
     assert "pretrained here" in text.splitlines()[0]
+    gain = manifest["pretrain"]["copy_gain_nats"]  # eval.copy_probe on the pretrained base, in the model line
+    assert isinstance(gain, float) and f"copy gain {gain:.2f} nats" in text
     assert (report / "metrics.png").is_file() and (report / "loss.png").is_file()
     # a second call finds everything done and changes nothing
     before = (Path(runs["lora"][0]) / "scores.test.json").read_bytes()

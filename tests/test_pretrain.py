@@ -43,6 +43,27 @@ def test_e2e_sourced_dart_annotations_are_dropped(tmp_path):
     assert "e2e" in EXCLUDED_SOURCES
 
 
+def test_triples_corpus_puts_each_text_after_its_triples_and_drops_e2e_entries_whole(tmp_path):
+    _write_dart(tmp_path)
+    # both fixture entries hold an E2E-sourced annotation: with triples each is dropped whole (its triples may be an
+    # E2E meaning representation), so add one clean entry; the texts keep their punctuation convention, the triples not
+    clean = {"tripleset": [["Ana_Berg", "birthPlace", "Port Elms, Norland"], ["Ana_Berg", "OCCUPATION", "painter"]],
+             "annotations": [{"source": "WebNLG", "text": "Ana Berg, a painter, was born in Port Elms."},
+                             {"source": "WikiSQL_decl_sents", "text": "Painter Ana Berg is from Port Elms, Norland."}]}
+    path = tmp_path / "dart" / "dart-v1.1.1-full-dev.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) + [clean]), encoding="utf-8")
+    corpus = shared_corpus(tmp_path, triples=True)
+    data = "Ana_Berg : birthplace : Port Elms, Norland | Ana_Berg : occupation : painter"
+    assert corpus.kind == "shared+triples"
+    assert corpus.documents == [f"{data}\nAna Berg, a painter, was born in Port Elms.",
+                                f"{data}\nPainter Ana Berg is from Port Elms , Norland ."]
+    assert corpus.excluded == {"dart source e2e": 2, "dart entry with e2e annotations": 2}
+    assert not any("Eagle" in d or "Loch Fyne" in d or "Kept" in d for d in corpus.documents)
+    assert load_corpus(PretrainConfig(corpus="shared+triples"), tmp_path).documents == corpus.documents
+    with pytest.raises(ValueError, match="not both"):
+        shared_corpus(tmp_path, wordnet_dir=tmp_path, triples=True)
+
+
 # lines in the layout of WordNet 3.0's data.<pos> files, written here (invented synsets, not WordNet's)
 _WN_LICENCE = "  1 This software and database is being provided to you, the LICENSEE, by\n"
 _WN_NOUN = ("00000101 06 n 02 tea_room 0 teahouse 0 001 @ 00000202 n 0000 | a room where tea is served; "
@@ -123,6 +144,16 @@ def test_shared_corpus_has_no_e2e_text():
     squash = {d.replace(" ", "") for d in docs}
     assert not {r.replace(" ", "") for r in e2e_refs} & squash
     assert set(corpus.sources) == {"webnlg", "dart"}
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (WebNLG 2017, DART) is not beside the checkout")
+def test_triples_corpus_has_no_e2e_meaning_representation():
+    corpus = shared_corpus(SHARED, triples=True)
+    assert corpus.excluded["dart source e2e"] >= 4290
+    # E2E's MRs are DART triples with E2E's attributes (eatType, familyFriendly, customer rating, priceRange)
+    keys = (" : eattype : ", " : familyfriendly : ", " : customer rating : ", " : pricerange : ")
+    assert not [d for d in corpus.documents if any(k in d.split("\n", 1)[0].lower() for k in keys)]
+    assert all("\n" in d for d in corpus.documents)  # every WebNLG and DART text has its triples
 
 
 def test_blocks_cover_the_stream_with_eos_separators():
