@@ -42,6 +42,7 @@ from pathlib import Path
 from data.common import load_json
 from data.dart.prepare import entries_from_xml
 from data.dart.prepare import locate as dart_locate
+from data.dart.prepare import triples_context
 from data.webnlg.prepare import locate as webnlg_locate
 from data.webnlg.prepare import read as webnlg_read
 
@@ -118,26 +119,23 @@ class Corpus:
         return digest.hexdigest()[:16]
 
 
-def dart_texts(entries: list, counts: dict[str, int], with_data: bool = False):
-    """The annotation texts of DART entries, leaving out every annotation from an excluded source (E2E).
-
-    With ``with_data``: (texts, triples of each as ``subject : property : object | ...``, the DART preparer's
-    context), and an entry with any excluded annotation is dropped whole: its triples are an E2E meaning
-    representation even where another annotation's source is not E2E."""
+def dart_texts(entries: list, counts: dict[str, int], whole_entries: bool = False) -> tuple[list[str], list[str]]:
+    """(annotation texts of DART entries, the triples of each as the DART preparer's context), leaving out every
+    annotation from an excluded source (E2E). With ``whole_entries`` an entry with any excluded annotation is
+    dropped whole: its triples are an E2E meaning representation even where another annotation's source is not."""
     texts, data = [], []
     for entry in entries:
         annotations = entry.get("annotations", [])
         sources = [str(ann.get("source") or "").strip().lower() for ann in annotations]
-        whole_entry_out = with_data and any(s in EXCLUDED_SOURCES for s in sources)
+        whole_entry_out = whole_entries and any(s in EXCLUDED_SOURCES for s in sources)
         for ann, source in zip(annotations, sources):
             if source in EXCLUDED_SOURCES or whole_entry_out:
                 reason = f"dart source {source}" if source in EXCLUDED_SOURCES else "dart entry with e2e annotations"
                 counts[reason] = counts.get(reason, 0) + 1
                 continue
             texts.append(ann.get("text") or "")
-            if with_data:
-                data.append(" | ".join(f"{s} : {p.lower()} : {o}" for s, p, o in entry.get("tripleset", [])))
-    return (texts, data) if with_data else texts
+            data.append(triples_context(entry.get("tripleset", [])))
+    return texts, data
 
 
 def _dart_entries(path: Path) -> list:
@@ -206,11 +204,8 @@ def shared_corpus(data_dir: str | Path, wordnet_dir: str | Path | None = None, t
             source = dart_locate(data_dir / SUBDIRS["dart"], split)
         except FileNotFoundError:
             continue
-        if triples:
-            texts, data = dart_texts(_dart_entries(source), corpus.excluded, with_data=True)
-            corpus.add("dart", texts, seen, data=data)
-        else:
-            corpus.add("dart", dart_texts(_dart_entries(source), corpus.excluded), seen)
+        texts, data = dart_texts(_dart_entries(source), corpus.excluded, whole_entries=triples)
+        corpus.add("dart", texts, seen, data=data if triples else None)
         corpus.sources["dart"].setdefault("files", []).append(str(source.relative_to(data_dir)))
     if not corpus.documents:
         raise FileNotFoundError(f"{data_dir}: no WebNLG 2017 or DART split found to pretrain on "

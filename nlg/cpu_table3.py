@@ -341,11 +341,11 @@ def run_table(opts: Options, command: str = "") -> Path:
         log("pretraining (or reusing the cached) small GPT-2")
         model_dir = pretrain(opts.pretrain, data_dir=opts.corpus_dir, quiet=True)
     info = pretrain_info(model_dir) or {}
-    info["copy_gain_nats"] = round(copy_score(load_model(str(model_dir))).gain_nats, 3)
     pretrain_s = time.time() - start
     cached = pretrain_s < 0.5 * float(info.get("wall_time_s") or 0)  # reused: count the time it took when made
     if cached:
         pretrain_s = float(info["wall_time_s"])
+    info["copy_gain_nats"] = round(copy_score(load_model(str(model_dir))).gain_nats, 3)  # not pretraining time
     log(f"model: {model_dir} ({pretrain_s:.0f} s{', when it was made (cached)' if cached else ''})")
     data_info = prepare_data(opts)
     log(f"data: {data_info}")

@@ -48,6 +48,11 @@ def entries_from_xml(path: Path, wheres: list[str] | None = None) -> list[dict]:
     return entries
 
 
+def triples_context(tripleset: list) -> str:
+    """The authors' context for one entry: ``subject : property : object`` (property lower-cased), `` | ``-joined."""
+    return " | ".join(f"{s} : {p.lower()} : {o}" for s, p, o in tripleset)
+
+
 def records_from_entries(entries: list, path: Path, wheres: list[str] | None = None) -> list[dict]:
     """The authors' conversion of the JSON list."""
     if not isinstance(entries, list):
@@ -57,13 +62,10 @@ def records_from_entries(entries: list, path: Path, wheres: list[str] | None = N
         where = wheres[i - 1] if wheres else f"entry {i}"
         if not isinstance(entry, dict) or "tripleset" not in entry or "annotations" not in entry:
             raise InputFileError(path, f"{where}: expected an object with 'tripleset' and 'annotations'")
-        parts = []
         for triple in entry["tripleset"]:
             if not isinstance(triple, list) or len(triple) != 3 or not all(isinstance(x, str) for x in triple):
                 raise InputFileError(path, f"{where}: triple {triple!r} is not [subject, property, object]")
-            s, p, o = triple
-            parts.append(f"{s} : {p.lower()} : {o}")
-        context = " | ".join(parts)
+        context = triples_context(entry["tripleset"])
         if not entry["annotations"]:
             unannotated.append(where)
         for ann in entry["annotations"]:
