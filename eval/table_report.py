@@ -9,7 +9,8 @@ The experiment driver writes a manifest (JSON) naming the rows and their run fol
 
   title, command, machine, wall_time_s, budget_s, pretrain_time_s, split ("test"), test_formatted (optional
   path of the <split>_formatted.jsonl that gives the MRs; also looked for: RUN/data/ and data/ beside the
-  manifest), pretrain (the model's pretrain.json), notes (list of lines), failures (list of lines),
+  manifest), train_formatted (optional: the training split's formatted file, whose names count as seen in
+  eval.name_recall; default data/train_formatted.jsonl beside the manifest), pretrain (the model's pretrain.json), notes (list of lines), failures (list of lines),
   data, budget, seeds (copied into report.json),
   rows: [{id, label, kind (method | tuned | control), method, settings, paper_method (null: no paper figure),
           paper_trainable_m (optional: which paper row when the paper has several sizes), runs: [folders]}]
@@ -30,6 +31,7 @@ from nlg.io_utils import InputFileError, atomic_open, read_json_object, write_js
 from nlg.run_folder import DATA, LOSS_PNG, METRICS_PNG, REPORT_DIR, RunFolder, formatted_file
 
 from .aggregate import aggregate_runs, summarize
+from .name_recall import name_recall, trained_names
 from .paper import PAPER_ROWS, PaperRow, paper_row
 from .readers import read_e2e_references, read_hypotheses
 from .report import METRIC_ORDER, load_run
@@ -175,6 +177,57 @@ def _pick(hyps: list[str] | None, i: int) -> str | None:
     return hyps[i] if hyps is not None and i < len(hyps) else None
 
 
+# ---------------------------------------------------------------- names written (eval.name_recall)
+def names_written(rows: list[dict], split: str, train_formatted: Path, test_formatted: list[Path]) -> dict | None:
+    """Per row, eval.name_recall's shares pooled over its runs' hypotheses (every run of a row answers the same
+    MRs); None when the training or test MRs cannot be found."""
+    candidates = test_formatted + [formatted_file(RunFolder(run["dir"]).data, split) for row in rows
+                                   for run in row["_runs"]]
+    test = next((p for p in candidates if p.is_file()), None)
+    if not train_formatted.is_file() or test is None:
+        return None
+    try:
+        known = trained_names(rec["context"] for _, rec in read_formatted(train_formatted))
+        groups = group_references(read_formatted(test))
+    except InputFileError:
+        return None
+    contexts = list(groups)
+    reference = name_recall(contexts, [g.references[0] for g in groups.values()], known).as_dict()
+    out = {}
+    for row in rows:
+        totals = [0, 0, 0, 0]
+        for run in row["_runs"]:
+            folder = RunFolder(run["dir"]).eval_dir(split)
+            if not (folder / "hypothesis.txt").is_file():
+                continue
+            hyps = read_hypotheses(folder / "hypothesis.txt")
+            if len(hyps) != len(contexts):
+                continue
+            one = name_recall(contexts, hyps, known)
+            totals = [a + b for a, b in zip(totals, (one.seen_written, one.seen_total, one.unseen_written,
+                                                     one.unseen_total))]
+        if totals[1] + totals[3]:
+            out[row["id"]] = type(one)(*totals).as_dict()
+    return {"train_formatted": str(train_formatted), "test_formatted": str(test), "rows": out,
+            "first_reference": reference}
+
+
+def render_names(rows: list[dict], names: dict | None) -> list[str]:
+    if not names or not names["rows"]:
+        return ["Not counted: the training or test MRs were not found beside the manifest."]
+    lines = ["| row | names seen in training, written | names never seen in training, written |", "|---|---|---|"]
+    labelled = [(r["label"], names["rows"].get(r["id"])) for r in rows]
+    for label, got in labelled + [("the first reference of each MR (a person)", names["first_reference"])]:
+        if got:
+            cells = [f"{100 * got[k]:.1f} % ({got[k + '_written']} of {got[k + '_total']})" if got[k] is not None
+                     else "—" for k in ("seen", "unseen")]
+            lines.append(f"| {cell(label)} | {cells[0]} | {cells[1]} |")
+    lines += ["", "Each test MR's `name` and `near` values, counted as written when the hypothesis holds them verbatim "
+                  "(`python -m eval.name_recall`), pooled over a row's seeds; \"seen\" when a training MR holds the "
+                  "same value. A model writes a never-seen name only by copying it from the MR."]
+    return lines
+
+
 # ---------------------------------------------------------------- ordering
 def ordering(rows: list[dict]) -> dict:
     """Method rows (kind 'method': the paper's recipes) by our mean BLEU, the same rows by the paper's BLEU, and
@@ -211,8 +264,10 @@ def headline(pretrain: dict | None) -> str:
     corpus = pretrain.get("corpus") or {}
     tokens = pretrain.get("tokens_seen", corpus.get("train_tokens"))
     tokens = f"{tokens:,}" if isinstance(tokens, (int, float)) else "an unrecorded number of"
+    copies = f" + {corpus['copy_blocks']} synthetic copy blocks (random ids, each span repeated)" \
+        if corpus.get("copy_blocks") else ""
     return (f"{pretrain.get('card', '?')} GPT-2 pretrained here on {tokens} tokens of "
-            f"{corpus.get('label', 'an unrecorded corpus')}; not OpenAI's GPT-2")
+            f"{corpus.get('label', 'an unrecorded corpus')}{copies}; not OpenAI's GPT-2")
 
 
 def model_details(pretrain: dict | None) -> str | None:
@@ -405,7 +460,8 @@ def render_examples(rows: list[dict], examples: dict) -> list[str]:
     return lines
 
 
-def render_markdown(manifest: dict, rows: list[dict], order: dict, examples: dict, images: dict) -> str:
+def render_markdown(manifest: dict, rows: list[dict], order: dict, examples: dict, images: dict,
+                    names: dict | None = None) -> str:
     pretrain = manifest.get("pretrain")
     lines = [headline(pretrain), "", f"# {manifest.get('title') or 'Table 3 on E2E'}", ""]
     if model_details(pretrain):
@@ -418,6 +474,7 @@ def render_markdown(manifest: dict, rows: list[dict], order: dict, examples: dic
     if failures:
         lines += ["", f"**{len(failures)} run(s) failed** (their rows have fewer seeds or none):", ""]
         lines += [f"- {f}" for f in failures]
+    lines += ["", "## Names written (does the model copy from its MR?)", ""] + render_names(rows, names)
     lines += ["", "## The paper's GPT-2 M rows", ""] + render_paper_table(rows)
     lines += ["", "## Ordering by BLEU", ""] + render_ordering(rows, order)
     notes = manifest.get("notes") or []
@@ -525,12 +582,15 @@ def build_table_report(manifest_path: str | Path, out_dir: str | Path) -> Path:
     formatted = [resolve(manifest["test_formatted"])] if manifest.get("test_formatted") else []
     formatted.append(formatted_file(Path(manifest_path).parent / DATA, split))  # the driver's data/
     examples = collect_examples(rows, split, formatted)
+    train_formatted = (resolve(manifest["train_formatted"]) if manifest.get("train_formatted")
+                       else formatted_file(Path(manifest_path).parent / DATA, "train"))
+    names = names_written(rows, split, train_formatted, formatted)
     order = ordering(rows)
     images = {"metrics": METRICS_PNG if plot_metrics(rows, out / METRICS_PNG) else None,
               "loss": LOSS_PNG if plot_losses(rows, out / LOSS_PNG) else None}
     written = RunFolder(out)  # a report folder: the file names of a run folder's report
     with atomic_open(written.report_md) as handle:
-        handle.write(render_markdown(manifest, rows, order, examples, images))
+        handle.write(render_markdown(manifest, rows, order, examples, images, names))
     write_json(written.report_json, {
         "headline": headline(manifest.get("pretrain")),
         **{k: manifest.get(k) for k in PASSED_THROUGH},
@@ -542,6 +602,7 @@ def build_table_report(manifest_path: str | Path, out_dir: str | Path) -> Path:
         "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
         "ordering": order,
         "examples": examples,
+        "names_written": names,
         "images": images,
     })
     return out

@@ -217,6 +217,10 @@ class PretrainConfig:
     # bf16: ten times slower than fp32); the recipe and cache name record the precision it resolved to
     precision: str = "auto"
     generated_documents: int = 3000  # size of the offline corpus
+    # synthetic copy blocks added to the training blocks, as a share of them (nlg.pretrain.copy_blocks: spans of
+    # the corpus's token ids each followed by its repeat, which only copying from the context predicts); 0: none,
+    # plain language modelling on the corpus alone
+    copy_share: float = 0.0
 
     def train_config(self, train_data: str, valid_data: str, out_dir: str, resume: bool) -> TrainConfig:
         """The trainer's view of this pretraining run: full fine-tuning of a randomly initialised model."""

@@ -436,6 +436,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str]:
     p.add_argument("--card", default=PretrainConfig.card, help="model card to pretrain (default mini)")
     p.add_argument("--corpus", default=PretrainConfig.corpus, choices=CORPUS_KINDS)
     p.add_argument("--pretrain-steps", type=int, default=PretrainConfig.max_steps)
+    p.add_argument("--pretrain-block-size", type=int, default=PretrainConfig.block_size,
+                   help="pretraining block length in tokens (default %(default)s)")
+    p.add_argument("--pretrain-batch-size", type=int, default=PretrainConfig.batch_size,
+                   help="pretraining blocks per update (default %(default)s)")
+    p.add_argument("--pretrain-copy-share", type=float, default=PretrainConfig.copy_share,
+                   help="synthetic copy blocks added to pretraining, as a share of its blocks (default %(default)s)")
     p.add_argument("--epochs", type=int, default=Budget.epochs)
     p.add_argument("--warmup-steps", type=int, default=Budget.warmup_steps)
     p.add_argument("--max-steps", type=int, help="cap every run's updates (CI-sized runs)")
@@ -447,7 +453,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str]:
     opts = Options(out=a.out, rows=rows, seeds=tuple(a.seeds), workers=a.workers,
                    budget=Budget(epochs=a.epochs, warmup_steps=a.warmup_steps, max_steps=a.max_steps,
                                  train_limit=a.train_limit, test_limit=a.test_limit),
-                   pretrain=PretrainConfig(card=a.card, corpus=a.corpus, max_steps=a.pretrain_steps),
+                   pretrain=PretrainConfig(card=a.card, corpus=a.corpus, max_steps=a.pretrain_steps,
+                                           block_size=a.pretrain_block_size, batch_size=a.pretrain_batch_size,
+                                           copy_share=a.pretrain_copy_share),
                    pretrained_model=a.pretrained_model, raw_dir=a.raw_dir, corpus_dir=a.corpus_dir,
                    report_dir=a.report_dir, notes=tuple(a.note))
     command = "python -m nlg.cpu_table3 " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))

@@ -237,8 +237,11 @@ def pretrain_info(model_dir: str | os.PathLike) -> dict | None:
 def describe_pretrained(info: dict) -> str:
     """One line saying what a model pretrained here is (reports start with it), from its ``pretrain.json``."""
     c = info["corpus"]
+    copies = (f" + {c['copy_blocks']} synthetic copy blocks of {c['block_size']} tokens (random ids, each span "
+              "repeated)") if c.get("copy_blocks") else ""
     return (f"{info['card']} GPT-2 ({info['n_layer']} layers, {info['n_embd']} wide) pretrained here from scratch on "
-            f"{info['tokens_seen'] / 1e6:.1f}M tokens ({c['train_tokens'] / 1e6:.2f}M-token corpus: {c['label']}); "
+            f"{info['tokens_seen'] / 1e6:.1f}M tokens ({c['train_tokens'] / 1e6:.2f}M-token corpus: {c['label']}"
+            f"{copies}); "
             f"held-out perplexity {info['heldout_perplexity']:.1f}; not OpenAI's GPT-2")
 
 

@@ -91,6 +91,14 @@ def test_table_end_to_end_tiny(tmp_path):
     gain = manifest["pretrain"]["copy_gain_nats"]  # eval.copy_probe on the pretrained base, in the model line
     assert isinstance(gain, float) and f"copy gain {gain:.2f} nats" in text
     assert (report / "metrics.png").is_file() and (report / "loss.png").is_file()
+    # eval.name_recall over the decoded MRs: every run answers the same MRs as the references do
+    names = json.loads((report / "report.json").read_text())["names_written"]
+    ref = names["first_reference"]
+    assert ref["seen_total"] + ref["unseen_total"] > 0 and "## Names written" in text
+    for rid in ("no-adapt", "lora"):
+        got = names["rows"][rid]
+        assert (got["seen_total"], got["unseen_total"]) == (ref["seen_total"] * len(runs[rid]),
+                                                            ref["unseen_total"] * len(runs[rid]))
     # a second call finds everything done and changes nothing
     before = (Path(runs["lora"][0]) / "scores.test.json").read_bytes()
     run_table(opts, command="pytest")

@@ -1,6 +1,7 @@
 """Pretraining a small GPT-2 here (nlg.pretrain, data.corpus): E2E text kept out, learning, caching, loading."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ from data.corpus import (EXCLUDED_SOURCES, HELD_OUT_EVERY, WORDNET_DIR, WORDNET_
                          target_coverage, tokenized_style, wordnet_line_text, wordnet_texts)
 from nlg.config import PretrainConfig
 from nlg.models import ModelLoadError, load_model
-from nlg.pretrain import PretrainError, load_corpus, pack_blocks, pretrain
+from nlg.pretrain import COPY_SPAN, PretrainError, copy_blocks, load_corpus, pack_blocks, pretrain, recipe_key
 from nlg.run_folder import describe_pretrained, pretrain_info
 from nlg.tokenizer import EOS_ID
 
@@ -60,8 +61,33 @@ def test_triples_corpus_puts_each_text_after_its_triples_and_drops_e2e_entries_w
     assert corpus.excluded == {"dart source e2e": 2, "dart entry with e2e annotations": 2}
     assert not any("Eagle" in d or "Loch Fyne" in d or "Kept" in d for d in corpus.documents)
     assert load_corpus(PretrainConfig(corpus="shared+triples"), tmp_path).documents == corpus.documents
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="one of WordNet, triples or entries"):
         shared_corpus(tmp_path, wordnet_dir=tmp_path, triples=True)
+
+
+def test_entries_corpus_writes_each_entry_once_its_triples_then_its_texts(tmp_path):
+    _write_dart(tmp_path)
+    two = [{"tripleset": [["Ana_Berg", "birthPlace", "Port Elms, Norland"], ["Ana_Berg", "OCCUPATION", "painter"]],
+            "annotations": [{"source": "WebNLG", "text": "Ana Berg, a painter, was born in Port Elms."},
+                            {"source": "WikiSQL_decl_sents", "text": "Painter Ana Berg is from Port Elms, Norland."}]},
+           {"tripleset": [["Port_Elms", "country", "Norland"]],
+            "annotations": [{"source": "WebNLG", "text": "Port Elms is in Norland."},
+                            {"source": "WebNLG", "text": "Ana Berg, a painter, was born in Port Elms."}]}]
+    path = tmp_path / "dart" / "dart-v1.1.1-full-dev.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) + two), encoding="utf-8")
+    corpus = shared_corpus(tmp_path, entries=True)
+    assert corpus.kind == "shared+entries"
+    # underscores written as spaces, so a name in the triples is token for token the name in the text; the second
+    # entry is written in the tokenized convention, its triples not; a text seen before (a duplicate) is dropped
+    assert corpus.documents == [
+        "Ana Berg : birthplace : Port Elms, Norland | Ana Berg : occupation : painter\n"
+        "Ana Berg, a painter, was born in Port Elms.\nPainter Ana Berg is from Port Elms, Norland.",
+        "Port Elms : country : Norland\nPort Elms is in Norland ."]
+    assert corpus.excluded == {"dart source e2e": 2, "dart entry with e2e annotations": 2, "duplicate": 1}
+    assert corpus.conventions == {"as written": 1, "tokenized (spaces around punctuation)": 1}
+    assert load_corpus(PretrainConfig(corpus="shared+entries"), tmp_path).documents == corpus.documents
+    with pytest.raises(ValueError, match="one of WordNet, triples or entries"):
+        shared_corpus(tmp_path, triples=True, entries=True)
 
 
 # lines in the layout of WordNet 3.0's data.<pos> files, written here (invented synsets, not WordNet's)
@@ -156,6 +182,18 @@ def test_triples_corpus_has_no_e2e_meaning_representation():
     assert all("\n" in d for d in corpus.documents)  # every WebNLG and DART text has its triples
 
 
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (WebNLG 2017, DART) is not beside the checkout")
+def test_entries_corpus_has_every_triples_text_once_and_no_e2e():
+    by_text = shared_corpus(SHARED, triples=True)
+    corpus = shared_corpus(SHARED, entries=True)
+    keys = (" : eattype : ", " : familyfriendly : ", " : customer rating : ", " : pricerange : ")
+    assert not [d for d in corpus.documents if any(k in d.split("\n", 1)[0].lower() for k in keys)]
+    # the same texts as the triples corpus, grouped: each entry's lines after its triples
+    texts = [line for d in corpus.documents for line in d.split("\n")[1:]]
+    assert len(texts) == len(by_text.documents) and len(corpus.documents) < len(texts) / 2
+    assert corpus.excluded == by_text.excluded
+
+
 def test_blocks_cover_the_stream_with_eos_separators():
     records, n = pack_blocks(["a b", "c"], block_size=3)
     stream = [r["context"] + r["completion"] for r in records]
@@ -224,3 +262,41 @@ def test_generated_corpus_is_deterministic_and_not_restaurants():
     assert docs == generated_documents(200, seed=0)
     text = " ".join(docs).lower()
     assert not any(word in text for word in ("restaurant", "pub", "coffee shop", "eattype", "food"))
+
+
+def test_copy_blocks_repeat_every_span_and_are_fixed_by_the_seed():
+    vocab = list(range(1000, 1100))
+    blocks = copy_blocks(3, 200, vocab, seed=7)
+    assert blocks == copy_blocks(3, 200, vocab, seed=7) and blocks != copy_blocks(3, 200, vocab, seed=8)
+    for block in blocks:
+        stream = block["context"] + block["completion"]
+        assert len(stream) == 200 and stream[0] == EOS_ID
+        pieces = [p for p in " ".join(map(str, stream)).split(str(EOS_ID)) if p.strip()]
+        whole = pieces[:-1]  # the last piece may be cut by the block's end
+        assert whole and set(t for t in stream if t != EOS_ID) <= set(vocab)
+        for piece in whole:
+            ids = piece.split()
+            half = len(ids) // 2
+            assert len(ids) % 2 == 0 and ids[:half] == ids[half:] and COPY_SPAN[0] <= half <= COPY_SPAN[1]
+
+
+def test_copy_share_adds_synthetic_blocks_recorded_beside_the_corpus(tmp_path):
+    cfg = PretrainConfig(**{**TINY.__dict__, "max_steps": 2, "copy_share": 0.25})
+    model_dir = pretrain(cfg, root=tmp_path / "c", quiet=True)
+    info = pretrain_info(model_dir)["corpus"]
+    text_blocks = info["train_blocks"] - info["copy_blocks"]
+    assert info["copy_blocks"] == round(0.25 * text_blocks) > 0
+    lines = (model_dir.parent / "corpus" / "train.jsonl").read_text().splitlines()
+    assert len(lines) == info["train_blocks"]
+    assert "synthetic copy blocks" in describe_pretrained(pretrain_info(model_dir))
+    with pytest.raises(PretrainError, match="--copy-share 1.0 must be in"):
+        pretrain(PretrainConfig(**{**cfg.__dict__, "copy_share": 1.0}), root=tmp_path / "d", quiet=True)
+
+
+def test_recipe_key_leaves_out_a_neutral_copy_share():
+    # models cached before copy_share existed keep their folder name: the key is the digest of the recipe without it
+    cfg = PretrainConfig()
+    recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "copy_share"}
+    digest = hashlib.sha256(json.dumps({"recipe": recipe, "corpus": "f" * 16}, sort_keys=True).encode()).hexdigest()
+    assert recipe_key(cfg, "f" * 16) == f"mini-shared-{digest[:12]}"
+    assert recipe_key(dataclasses.replace(cfg, copy_share=0.1), "f" * 16) != recipe_key(cfg, "f" * 16)

@@ -246,3 +246,22 @@ def test_bad_manifest(tmp_path):
     path.write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="non-empty list 'rows'"):
         build_table_report(path, tmp_path / "o")
+
+
+def test_table_report_counts_names_written(experiment, tmp_path):
+    manifest, _ = experiment
+    (tmp_path / "data").mkdir()  # the driver's data/ beside the manifest: the training MRs
+    (tmp_path / "data" / "train_formatted.jsonl").write_text("".join(
+        json.dumps({"context": mr, "completion": " x "}) + "\n" for mr in ("name : The Eagle | food : Thai",
+                                                                           "name : Aromi | area : city centre")))
+    for seed in (110, 111):  # FT writes The Eagle (seen) and both unseen names, not Aromi (seen)
+        (tmp_path / "runs" / "cpu-table3" / f"ft-s{seed}" / "eval" / "test" / "hypothesis.txt").write_text(
+            "The Eagle is a coffee shop .\nAlimentum serves food .\nIt is by the river .\nBlue Spice .\n")
+    out = build_table_report(manifest, tmp_path / "report")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    names = md.split("## Names written", 1)[1].split("\n## ", 1)[0]
+    assert "| FT | 50.0 % (2 of 4) | 100.0 % (4 of 4) |" in names  # pooled over the two seeds
+    assert "| LoRA | 0.0 % (0 of 6) | 0.0 % (0 of 6) |" in names
+    assert "| the first reference of each MR (a person) | 100.0 % (2 of 2) | 100.0 % (2 of 2) |" in names
+    got = json.loads((out / "report.json").read_text())["names_written"]
+    assert got["rows"]["ft"]["seen_written"] == 2 and got["rows"]["no-adapt"]["unseen_total"] == 2
