@@ -201,7 +201,8 @@ class PretrainConfig:
 
     card: str = "mini"
     # "shared" (WebNLG + DART from --data-dir), "shared+wordnet" (those + WordNet 3.0's glosses, data.corpus),
-    # "shared+triples" (each of those texts after its triples, data.corpus) or "generated" (the offline template corpus)
+    # "shared+triples" (each of those texts after its triples, data.corpus), "shared+entries" (each entry's triples,
+    # then all its texts) or "generated" (the offline template corpus)
     corpus: str = "shared"
     block_size: int = 128
     batch_size: int = 16
