@@ -400,7 +400,7 @@ def main(argv=None) -> int:
     p.add_argument("--card", default=PretrainConfig.card)
     p.add_argument("--batch-size", type=int, default=None, help=f"default PretrainConfig's ({PretrainConfig.batch_size})")
     p.add_argument("--block-size", type=int, default=None, help=f"default PretrainConfig's ({PretrainConfig.block_size})")
-    p.add_argument("--corpus", default="shared", choices=CORPUS_KINDS)
+    p.add_argument("--corpus", default=PretrainConfig.corpus, choices=CORPUS_KINDS)
     p.add_argument("--data-dir", type=Path, default=None, help="WebNLG / DART folders (default ../shared/data)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
     p.add_argument("--profile", action="store_true", help="also profile one step per variant and time components")

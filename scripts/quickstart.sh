@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 corpus=shared; [ -d ../shared/data/webnlg_challenge_2017 ] || [ -d ../shared/data/dart ] || corpus=generated
 if [ -z "${MODEL:-}" ]; then
-  MODEL="$("$PY" -m nlg.pretrain --card tiny --corpus "$corpus" --max-steps "${PRETRAIN_STEPS:-200}" \
+  MODEL="$("$PY" -m nlg.pretrain --card tiny --corpus "$corpus" --max-steps "${PRETRAIN_STEPS:-200}" --block-size 128 \
            --batch-size 16 --lr 5e-3 --warmup-steps 20 --precision "${PRETRAIN_PRECISION:-fp32}" --quiet | tail -n 1)"
 fi
 export MODEL METHOD="${METHOD:-lora}" RUN_DIR="${RUN_DIR:-runs/quickstart-e2e}"

@@ -298,5 +298,5 @@ def test_recipe_key_leaves_out_a_neutral_copy_share():
     cfg = PretrainConfig()
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "copy_share"}
     digest = hashlib.sha256(json.dumps({"recipe": recipe, "corpus": "f" * 16}, sort_keys=True).encode()).hexdigest()
-    assert recipe_key(cfg, "f" * 16) == f"mini-shared-{digest[:12]}"
+    assert recipe_key(cfg, "f" * 16) == f"mini-shared+entries-{digest[:12]}"
     assert recipe_key(dataclasses.replace(cfg, copy_share=0.1), "f" * 16) != recipe_key(cfg, "f" * 16)
