@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 # The 64-wide model is sensitive to rounding: fp32 kernels that differ by CPU make (MKL's and ATen's AVX-512 paths)
-# give another tiny model and another BLEU (19.33 on Intel Xeons, 23.6-23.9 on AMD EPYCs). Pinning both to their
-# AVX2 paths (MKL's conditional numerical reproducibility, ATen's dispatch) gave 22.33 on an Intel Xeon;
+# give another tiny model and another BLEU, so both are pinned to their AVX2 paths (MKL's conditional numerical
+# reproducibility, ATen's dispatch); figures per CPU in results/quickstart/README.md.
 # MKL_CBWR=AUTO ATEN_CPU_CAPABILITY=avx512 restores an AVX-512 CPU's own paths.
 export MKL_CBWR="${MKL_CBWR-AVX2}" ATEN_CPU_CAPABILITY="${ATEN_CPU_CAPABILITY-avx2}"
 corpus=shared; [ -d ../shared/data/webnlg_challenge_2017 ] || [ -d ../shared/data/dart ] || corpus=generated
