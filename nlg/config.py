@@ -196,7 +196,8 @@ class PretrainConfig:
     Sized for the 2-core CPU machine: ``mini`` (4 layers, 256 wide) over the WebNLG 2017 + DART corpus
     (data.corpus, no E2E text), one document per entry (its triples, then its texts: a name in the text is the
     name in the triples, so copying from the context pays; results/cpu_table3_entries), in blocks of 256 tokens, 8
-    per update (the 2,048 tokens per update of the earlier 16 x 128, but an entry's lines mostly share a block).
+    per update (the 2,048 tokens per update of the earlier 16 x 128, but an entry's lines mostly share a block),
+    1,600 updates: the corpus about three times (800, once and a half, gave FT 41.28 against 43.72; results/cpu_table3_800).
     A small model trains well with a larger learning rate and a shorter-memory second moment than the paper's
     GPT-2 fine-tuning (nanoGPT's small runs use 1e-3 and beta2 0.99).
     """
@@ -208,16 +209,16 @@ class PretrainConfig:
     corpus: str = "shared+entries"
     block_size: int = 256
     batch_size: int = 8
-    max_steps: int = 800
+    max_steps: int = 1600
     lr: float = 2e-3
     warmup_steps: int = 50
     weight_decay: float = 0.1
     adam_beta2: float = 0.99
     clip: float = 1.0
     seed: int = 110
-    # "auto": bf16 autocast where the hardware multiplies bf16 (CUDA, or a CPU with AVX512-BF16 / AMX; there the
-    # fused head + loss of nlg.kernels.head_loss_autocast makes it the faster), fp32 elsewhere (an AVX2-only CPU emulates
-    # bf16: ten times slower than fp32); the recipe and cache name record the precision it resolved to
+    # "auto": bf16 autocast where it trains faster than fp32 (nlg.pretrain.bf16_faster: CUDA; a CPU with AMX; an
+    # AMD CPU with AVX512-BF16), fp32 elsewhere (an Intel CPU with AVX512-BF16 but no AMX runs bf16 at 0.64x fp32,
+    # an AVX2-only CPU emulates it at a tenth); the recipe and cache name record the precision it resolved to
     precision: str = "auto"
     generated_documents: int = 3000  # size of the offline corpus
     # synthetic copy blocks added to the training blocks, as a share of them (nlg.pretrain.copy_blocks: spans of

@@ -43,7 +43,7 @@ from nlg.config import PretrainConfig
 from nlg.io_utils import atomic_open, iter_jsonl, write_json
 from nlg.models import load_model
 from nlg.pipeline import SHARED_DATA, run_stage
-from nlg.pretrain import CORPUS_KINDS, pretrain
+from nlg.pretrain import CORPUS_KINDS, PRECISION_CHOICES, pretrain
 from nlg.run_folder import (DATA, DATA_SOURCE, MANIFEST, RAW_SYNTHETIC, REPORT_DIR, RUNS, RunFolder, encoded_file,
                             formatted_file, pretrain_info)
 from nlg.train_run import provenance_record
@@ -442,6 +442,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str]:
                    help="pretraining blocks per update (default %(default)s)")
     p.add_argument("--pretrain-copy-share", type=float, default=PretrainConfig.copy_share,
                    help="synthetic copy blocks added to pretraining, as a share of its blocks (default %(default)s)")
+    p.add_argument("--pretrain-precision", default=PretrainConfig.precision, choices=PRECISION_CHOICES,
+                   help="pretraining precision (default %(default)s: the faster of bf16 and fp32 here, "
+                        "nlg.pretrain.bf16_faster)")
     p.add_argument("--epochs", type=int, default=Budget.epochs)
     p.add_argument("--warmup-steps", type=int, default=Budget.warmup_steps)
     p.add_argument("--max-steps", type=int, help="cap every run's updates (CI-sized runs)")
@@ -455,7 +458,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, str]:
                                  train_limit=a.train_limit, test_limit=a.test_limit),
                    pretrain=PretrainConfig(card=a.card, corpus=a.corpus, max_steps=a.pretrain_steps,
                                            block_size=a.pretrain_block_size, batch_size=a.pretrain_batch_size,
-                                           copy_share=a.pretrain_copy_share),
+                                           copy_share=a.pretrain_copy_share, precision=a.pretrain_precision),
                    pretrained_model=a.pretrained_model, raw_dir=a.raw_dir, corpus_dir=a.corpus_dir,
                    report_dir=a.report_dir, notes=tuple(a.note))
     command = "python -m nlg.cpu_table3 " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))

@@ -64,31 +64,60 @@ def cache_root() -> Path:
     return Path(os.environ.get("NLG_CACHE_DIR") or Path.home() / ".cache" / "nlg-lora") / "pretrained"
 
 
-def native_bf16() -> bool:
-    """True where the device the trainer picks (this process's GPU, else the CPU) multiplies bf16 in hardware."""
+def cpu_vendor() -> str:
+    """The CPU's vendor string as Linux reports it ("GenuineIntel", "AuthenticAMD"; "" where unknown)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def bf16_faster() -> bool:
+    """True where bf16 autocast trains faster than fp32 on the device the trainer picks (this process's GPU,
+    else the CPU): CUDA with bf16; a CPU with AMX; an AMD CPU with AVX512-BF16 (Zen 4: 2.3x fp32 there). Not an
+    Intel CPU with AVX512-BF16 but no AMX, where MKL's fp32 GEMMs beat oneDNN's bf16 ones (0.64x fp32;
+    results/bench_pretrain.md run 5), nor an AVX2-only CPU, which emulates bf16."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    if caps.get("amx_bf16"):
+        return True
+    return bool(caps.get("avx512_bf16")) and cpu_vendor() == "AuthenticAMD"
 
 
 def resolve_precision(cfg: PretrainConfig) -> PretrainConfig:
-    """``cfg`` with ``precision="auto"`` replaced by what this machine runs fastest (bf16 when native, else fp32)."""
+    """``cfg`` with ``precision="auto"`` replaced by what this machine runs fastest (:func:`bf16_faster`)."""
     if cfg.precision not in PRECISION_CHOICES:
         raise PretrainError(f"unknown --precision {cfg.precision!r}; expected one of {', '.join(PRECISION_CHOICES)}")
     if cfg.precision != "auto":
         return cfg
-    return dataclasses.replace(cfg, precision="bf16" if native_bf16() else "fp32")
+    return dataclasses.replace(cfg, precision="bf16" if bf16_faster() else "fp32")
 
 
 # recipe fields added after models were cached, left out of the key at their neutral value so those stay valid
 KEY_NEUTRAL = {"copy_share": 0.0}
 
 
-def recipe_key(cfg: PretrainConfig, fingerprint: str) -> str:
-    """Folder name: the card, the corpus kind and a digest of everything that changes the weights."""
+# environment variables that pick the CPU kernels' code paths, and so the rounding of every sum (scripts/quickstart.sh
+# pins both): MKL's conditional numerical reproducibility and ATen's dispatch level
+KERNEL_PATH_VARS = ("MKL_CBWR", "ATEN_CPU_CAPABILITY")
+
+
+def kernel_paths() -> dict[str, str]:
+    """The kernel-path variables this process runs under (only those set): part of what makes the weights."""
+    return {name: os.environ[name] for name in KERNEL_PATH_VARS if os.environ.get(name)}
+
+
+def recipe_key(cfg: PretrainConfig, fingerprint: str, kernels: dict[str, str] | None = None) -> str:
+    """Folder name: the card, the corpus kind and a digest of everything that changes the weights: the recipe,
+    the corpus and the kernel paths pinned (``kernels``; left out when none is, so unpinned names stay valid)."""
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
-    text = json.dumps({"recipe": recipe, "corpus": fingerprint}, sort_keys=True)
+    text = json.dumps({"recipe": recipe, "corpus": fingerprint, **({"kernel_paths": kernels} if kernels else {})},
+                      sort_keys=True)
     return f"{cfg.card}-{cfg.corpus}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -195,7 +224,7 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
         raise PretrainError(f"unknown --card {cfg.card!r}; expected one of {', '.join(CARDS)}")
     cfg = resolve_precision(cfg)
     corpus = load_corpus(cfg, data_dir)
-    folder = Path(root) if root else cache_root() / recipe_key(cfg, corpus.fingerprint())
+    folder = Path(root) if root else cache_root() / recipe_key(cfg, corpus.fingerprint(), kernel_paths())
     model_dir = folder / PRETRAIN_MODEL
     corpus_dir = folder / PRETRAIN_CORPUS
     say = (lambda m: None) if quiet else (lambda m: print(f"[pretrain] {m}", file=sys.stderr, flush=True))
@@ -233,6 +262,7 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
         "train_time_s": summary["train_time_s"],
         "wall_time_s": round(time.time() - start, 1),
         "recipe": dataclasses.asdict(cfg),
+        "kernel_paths": kernel_paths(),
         "run_dir": str(run_dir),
     }
     tmp = folder / f"{PRETRAIN_MODEL}.tmp"

@@ -239,10 +239,11 @@ def describe_pretrained(info: dict) -> str:
     c = info["corpus"]
     copies = (f" + {c['copy_blocks']} synthetic copy blocks of {c['block_size']} tokens (random ids, each span "
               "repeated)") if c.get("copy_blocks") else ""
+    pins = info.get("kernel_paths")
+    pinned = f"CPU kernels pinned ({', '.join(f'{k}={v}' for k, v in pins.items())}); " if pins else ""
     return (f"{info['card']} GPT-2 ({info['n_layer']} layers, {info['n_embd']} wide) pretrained here from scratch on "
             f"{info['tokens_seen'] / 1e6:.1f}M tokens ({c['train_tokens'] / 1e6:.2f}M-token corpus: {c['label']}"
-            f"{copies}); "
-            f"held-out perplexity {info['heldout_perplexity']:.1f}; not OpenAI's GPT-2")
+            f"{copies}); {pinned}held-out perplexity {info['heldout_perplexity']:.1f}; not OpenAI's GPT-2")
 
 
 def data_records(folder: str | os.PathLike) -> dict:

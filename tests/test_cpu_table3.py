@@ -46,6 +46,13 @@ def test_default_rows_are_the_papers_protocol_and_all_adds_the_tuned_ones():
     assert parse_args(["--rows", "lora", "ft"])[0].rows == ("lora", "ft")
 
 
+def test_pretraining_flags_reach_the_pretraining_recipe():
+    default = parse_args([])[0].pretrain
+    assert (default.max_steps, default.precision) == (1600, "auto")
+    opts = parse_args(["--pretrain-steps", "800", "--pretrain-precision", "bf16"])[0]
+    assert (opts.pretrain.max_steps, opts.pretrain.precision) == (800, "bf16")
+
+
 def test_wte_rows_are_their_tuned_rows_plus_the_embedding_update():
     by_id = {r.id: r for r in ROWS}
     for base in TUNED_FROZEN:

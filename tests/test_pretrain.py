@@ -13,7 +13,9 @@ from data.corpus import (EXCLUDED_SOURCES, HELD_OUT_EVERY, WORDNET_DIR, WORDNET_
                          target_coverage, tokenized_style, wordnet_line_text, wordnet_texts)
 from nlg.config import PretrainConfig
 from nlg.models import ModelLoadError, load_model
-from nlg.pretrain import COPY_SPAN, PretrainError, copy_blocks, load_corpus, pack_blocks, pretrain, recipe_key
+import nlg.pretrain as pretrain_module
+from nlg.pretrain import (COPY_SPAN, PretrainError, copy_blocks, kernel_paths, load_corpus, pack_blocks, pretrain,
+                          recipe_key, resolve_precision)
 from nlg.run_folder import describe_pretrained, pretrain_info
 from nlg.tokenizer import EOS_ID
 
@@ -300,3 +302,42 @@ def test_recipe_key_leaves_out_a_neutral_copy_share():
     digest = hashlib.sha256(json.dumps({"recipe": recipe, "corpus": "f" * 16}, sort_keys=True).encode()).hexdigest()
     assert recipe_key(cfg, "f" * 16) == f"mini-shared+entries-{digest[:12]}"
     assert recipe_key(dataclasses.replace(cfg, copy_share=0.1), "f" * 16) != recipe_key(cfg, "f" * 16)
+
+
+def test_recipe_key_holds_the_pinned_kernel_paths_and_only_those(monkeypatch):
+    cfg, fp = PretrainConfig(), "f" * 16
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert kernel_paths() == {}
+    unpinned = recipe_key(cfg, fp, kernel_paths())
+    assert unpinned == recipe_key(cfg, fp)  # nothing pinned: the name models cached before the pin had
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert kernel_paths() == {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    pinned = recipe_key(cfg, fp, kernel_paths())
+    assert pinned != unpinned and pinned.startswith("mini-shared+entries-")
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    assert recipe_key(cfg, fp, kernel_paths()) not in (pinned, unpinned)
+
+
+@pytest.mark.parametrize("caps, vendor, expected", [
+    ({"avx2": True}, "AuthenticAMD", "fp32"),  # AVX2 only: bf16 emulated
+    ({"avx512_bf16": True}, "AuthenticAMD", "bf16"),  # Zen 4
+    ({"avx512_bf16": True}, "GenuineIntel", "fp32"),  # AVX512-BF16 without AMX: MKL's fp32 is faster
+    ({"avx512_bf16": True, "amx_bf16": True}, "GenuineIntel", "bf16"),  # Sapphire Rapids and later
+])
+def test_auto_precision_picks_the_faster_one_for_the_cpu(monkeypatch, caps, vendor, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    monkeypatch.setattr(pretrain_module, "cpu_vendor", lambda: vendor)
+    assert resolve_precision(PretrainConfig()).precision == expected
+    assert resolve_precision(PretrainConfig(precision="bf16")).precision == "bf16"  # asked for: kept
+
+
+def test_the_description_says_when_cpu_kernels_were_pinned():
+    info = {"card": "tiny", "n_layer": 2, "n_embd": 64, "tokens_seen": 2_000_000, "heldout_perplexity": 240.0,
+            "corpus": {"train_tokens": 700_000, "label": "WebNLG 2017 + DART texts (no E2E)"}}
+    assert "pinned" not in describe_pretrained(info)
+    info["kernel_paths"] = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert ("(0.70M-token corpus: WebNLG 2017 + DART texts (no E2E)); CPU kernels pinned (MKL_CBWR=AVX2, "
+            "ATEN_CPU_CAPABILITY=avx2); held-out perplexity 240.0; not OpenAI's GPT-2") in describe_pretrained(info)
