@@ -40,6 +40,7 @@ from data.synthetic import write_synthetic_e2e
 from eval.copy_probe import copy_score
 from eval.table_report import build_table_report
 from nlg.config import PretrainConfig
+from nlg.cpu_info import cpuinfo_field
 from nlg.io_utils import atomic_open, iter_jsonl, write_json
 from nlg.models import load_model
 from nlg.pipeline import SHARED_DATA, run_stage
@@ -320,14 +321,7 @@ def _count(n: int, word: str) -> str:
 
 
 def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = cpuinfo_field("model name") or platform.processor() or platform.machine()
     return f"{name}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 

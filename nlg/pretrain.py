@@ -38,6 +38,7 @@ import torch
 
 from data.corpus import WORDNET_DIR, Corpus, generated_corpus, shared_corpus
 from nlg.config import PretrainConfig
+from nlg.cpu_info import cpuinfo_field
 from nlg.io_utils import read_json_object, write_json, write_jsonl
 from nlg.models import CARDS
 from nlg.pipeline import SHARED_DATA
@@ -66,14 +67,7 @@ def cache_root() -> Path:
 
 def cpu_vendor() -> str:
     """The CPU's vendor string as Linux reports it ("GenuineIntel", "AuthenticAMD"; "" where unknown)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo_field("vendor_id") or ""
 
 
 def bf16_faster() -> bool:
@@ -224,7 +218,8 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
         raise PretrainError(f"unknown --card {cfg.card!r}; expected one of {', '.join(CARDS)}")
     cfg = resolve_precision(cfg)
     corpus = load_corpus(cfg, data_dir)
-    folder = Path(root) if root else cache_root() / recipe_key(cfg, corpus.fingerprint(), kernel_paths())
+    kernels = kernel_paths()
+    folder = Path(root) if root else cache_root() / recipe_key(cfg, corpus.fingerprint(), kernels)
     model_dir = folder / PRETRAIN_MODEL
     corpus_dir = folder / PRETRAIN_CORPUS
     say = (lambda m: None) if quiet else (lambda m: print(f"[pretrain] {m}", file=sys.stderr, flush=True))
@@ -262,7 +257,7 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), data_dir: str | Path | None
         "train_time_s": summary["train_time_s"],
         "wall_time_s": round(time.time() - start, 1),
         "recipe": dataclasses.asdict(cfg),
-        "kernel_paths": kernel_paths(),
+        "kernel_paths": kernels,
         "run_dir": str(run_dir),
     }
     tmp = folder / f"{PRETRAIN_MODEL}.tmp"

@@ -52,6 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from nlg.batching import PAD_RNG_SEED, EpochPlan, collate  # noqa: E402
 from nlg.config import PretrainConfig  # noqa: E402
+from nlg.cpu_info import cpuinfo_field  # noqa: E402
 from nlg.pretrain import CORPUS_KINDS  # noqa: E402
 from nlg.train_build import autocast  # noqa: E402
 
@@ -61,24 +62,12 @@ VARIANTS = ("plain", "ours")
 
 # ---------------------------------------------------------------- machine and memory
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
 def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have]
-    except OSError:
-        pass
-    return []
+    have = set((cpuinfo_field("flags") or "").split())
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have]
 
 
 def _status_kib(field: str) -> int | None:

@@ -341,3 +341,17 @@ def test_the_description_says_when_cpu_kernels_were_pinned():
     info["kernel_paths"] = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     assert ("(0.70M-token corpus: WebNLG 2017 + DART texts (no E2E)); CPU kernels pinned (MKL_CBWR=AVX2, "
             "ATEN_CPU_CAPABILITY=avx2); held-out perplexity 240.0; not OpenAI's GPT-2") in describe_pretrained(info)
+
+
+def test_cpuinfo_field_reads_the_first_matching_line(monkeypatch, tmp_path):
+    import nlg.cpu_info as cpu_info
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: avx2 avx512f\n"
+                    "processor\t: 1\nvendor_id\t: GenuineIntel\n")
+    monkeypatch.setattr(cpu_info, "CPUINFO", info)
+    assert cpu_info.cpuinfo_field("vendor_id") == "AuthenticAMD"
+    assert cpu_info.cpuinfo_field("model name") == "AMD EPYC 9R14"
+    assert pretrain_module.cpu_vendor() == "AuthenticAMD"
+    assert cpu_info.cpuinfo_field("microcode") is None
+    monkeypatch.setattr(cpu_info, "CPUINFO", tmp_path / "absent")
+    assert cpu_info.cpuinfo_field("vendor_id") is None and pretrain_module.cpu_vendor() == ""
